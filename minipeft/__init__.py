@@ -1,0 +1,16 @@
+"""minipeft: parameter-efficient fine-tuning, built from scratch to be read.
+
+Public API:
+    load_hf(path)            a Hugging Face t5 / mt5 / gpt2 checkpoint directory → our model
+    T5Model, T5Config        the encoder-decoder (t5.py)
+    GPT, GPTConfig           the decoder-only model (gpt.py)
+    T5Tokenizer, GPT2Tokenizer
+"""
+
+from .convert import CheckpointError, load_hf
+from .gpt import GPT, GPTConfig
+from .shapes import Dims, ShapeError, check_shape
+from .t5 import T5Config, T5Model
+
+__all__ = ["load_hf", "CheckpointError", "T5Model", "T5Config", "GPT", "GPTConfig", "Dims", "ShapeError",
+           "check_shape"]
