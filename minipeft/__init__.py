@@ -11,6 +11,7 @@ from .convert import CheckpointError, load_hf
 from .gpt import GPT, GPTConfig
 from .shapes import Dims, ShapeError, check_shape
 from .t5 import T5Config, T5Model
+from .tokenizers import GPT2Tokenizer, T5Tokenizer
 
 __all__ = ["load_hf", "CheckpointError", "T5Model", "T5Config", "GPT", "GPTConfig", "Dims", "ShapeError",
-           "check_shape"]
+           "check_shape", "T5Tokenizer", "GPT2Tokenizer"]

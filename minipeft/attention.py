@@ -45,7 +45,9 @@ def attend(query, key, value, mask=None, scale=None, dropout=0.0):
         dims.check("mask", mask, "... S")
         if mask.shape[-2] not in (1, dims["T"]):
             dims.check("mask", mask, "... T S")
+    # exercise: F5.4 return softmax(query keyᵀ · scale + mask) value, dropout on the probabilities (scale None = 1/√D)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+    # end exercise
 
 
 def split_heads(x, n_heads):
@@ -100,7 +102,9 @@ def prepend_prefix(keys, values, prefix_kv):
     dims = Dims("F5.3 prefix", B=keys.shape[0], H=keys.shape[1], D=keys.shape[3])
     dims.check("prefix key", prefix_keys, "B H m D")
     dims.check("prefix value", prefix_values, "B H m D")
+    # exercise: F5.3 put the prefix in front of the keys and of the values (which axis is the source axis?)
     return torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2)
+    # end exercise
 
 
 class T5Attention(nn.Module):
@@ -172,11 +176,13 @@ def padding_mask(attention_mask, dtype):
 
 def causal_mask(query_length, key_length, dtype, device):
     """Additive (T, S): query i (at absolute position S - T + i) may look at keys 0 … S - T + i."""
+    # exercise: build the (T, S) additive mask: 0 where key position <= query position, else finfo(dtype).min
     query_pos = torch.arange(key_length - query_length, key_length, device=device)[:, None]
     key_pos = torch.arange(key_length, device=device)[None, :]
     return torch.zeros(query_length, key_length, dtype=dtype, device=device).masked_fill(
         key_pos > query_pos, torch.finfo(dtype).min
     )
+    # end exercise
 
 
 def with_prefix_columns(mask, prefix_length):

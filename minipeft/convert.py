@@ -229,10 +229,14 @@ def rename(checkpoint: dict[str, torch.Tensor], key_map: dict[str, str], ignored
     return state, unexpected
 
 
-def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], unexpected: list[str], dtype):
-    """Load ``state`` into ``model`` (built on the meta device), or raise one error listing every problem."""
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], unexpected: list[str], dtype,
+                      key_map: dict[str, str]):
+    """Load ``state`` into ``model`` (built on the meta device), or raise one error listing every problem.
+
+    Missing tensors are named as the checkpoint should have them, with our name after the arrow."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    checkpoint_name = {ours: theirs for theirs, ours in key_map.items()}
+    missing = [f"{checkpoint_name.get(name, '?')} (→ {name})" for name in sorted(set(expected) - set(state))]
     misshaped = [f"{name}: checkpoint {tuple(t.shape)}, model {tuple(expected[name].shape)}"
                  for name, t in state.items() if t.shape != expected[name].shape]
     if missing or unexpected or misshaped:
@@ -271,6 +275,7 @@ def load_hf(path, dtype: torch.dtype = torch.float32):
                                   "minipeft's GPT ties its head to the token embeddings")
         with torch.device("meta"):
             model = GPT(config)
-        state, unexpected = rename(checkpoint, gpt2_key_map(config), GPT2_IGNORED.fullmatch)
-    load_state_strict(model, state, unexpected, dtype)
+        key_map = gpt2_key_map(config)
+        state, unexpected = rename(checkpoint, key_map, GPT2_IGNORED.fullmatch)
+    load_state_strict(model, state, unexpected, dtype, key_map)
     return model.eval()

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import GPTAttention, KVCache, causal_mask, padding_mask, with_prefix_columns
+from .functional import check_token_ids, gelu_tanh
 from .generate import GenerationMixin
 from .shapes import Dims
-from .t5 import check_token_ids
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class GPTConfig:
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        for name in ("eos_token_id", "pad_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name}={getattr(self, name)} is outside the vocabulary [0, {self.vocab_size}): "
+                                 f"set it when you shrink vocab_size")
 
 
 class MLP(nn.Module):
@@ -59,7 +63,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 class GPTBlock(nn.Module):
@@ -89,6 +93,22 @@ class GPT(GenerationMixin, nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """GPT-2's initialisation (F12.6): N(0, 0.02) for embeddings and matrices, zero biases,
+        and the projections that write into the residual stream (``c_proj``) scaled by 1/√(2L),
+        since each of the 2L sublayers adds its output to the same stream."""
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                param.normal_(0, 0.02 / (2 * self.config.n_layer) ** 0.5)
+            elif name.endswith("bias"):
+                param.zero_()
+            elif "ln_" in name:
+                param.fill_(1.0)
+            else:
+                param.normal_(0, 0.02)
 
     def embed(self, input_ids):
         """ids (B, T) → token embeddings (B, T, C), refusing ids outside the vocabulary."""
@@ -141,6 +161,8 @@ class GPT(GenerationMixin, nn.Module):
         """The prompt is the first step: the state starts empty and the prompt is fed as tokens."""
         state = {"cache": self.new_cache(), "attention_mask": attention_mask, "prefix_kv": prefix_kv,
                  "inputs_embeds": inputs_embeds}
+        if input_ids is None:  # prompt given as embeddings: no prompt tokens, (B, 0)
+            input_ids = torch.zeros(inputs_embeds.shape[0], 0, dtype=torch.long, device=inputs_embeds.device)
         return state, input_ids
 
     def decode_step(self, state, tokens):
@@ -154,6 +176,8 @@ class GPT(GenerationMixin, nn.Module):
         return logits[:, -1]
 
     def reorder_state(self, state, batch_index):
+        if state["inputs_embeds"] is not None:
+            state["inputs_embeds"] = state["inputs_embeds"].index_select(0, batch_index)
         for cache in state["cache"]:
             cache.reorder(batch_index)
         if state["attention_mask"] is not None:

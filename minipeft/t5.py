@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import KVCache, T5Attention, causal_mask, padding_mask, with_prefix_columns
+from .functional import check_token_ids, gelu_tanh
 from .generate import GenerationMixin
 from .shapes import Dims
 
@@ -74,7 +75,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):  # (…, C)
+        # exercise: y = weight · x / sqrt(mean(x², last axis) + eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # end exercise
 
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -85,6 +88,7 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
     Within each half, distances below ``max_exact = buckets / 2`` get a bucket each; larger ones
     share log-spaced buckets up to ``max_distance``, beyond which everything shares the last.
     """
+    # exercise: the buckets: sign half (bidirectional), exact below max_exact, log-spaced up to max_distance
     buckets = torch.zeros_like(relative_position)
     if bidirectional:
         num_buckets //= 2
@@ -96,6 +100,7 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
     log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
     distance_if_large = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
     return buckets + torch.where(distance < max_exact, distance, distance_if_large)
+    # end exercise
 
 
 class RelativePositionBias(nn.Module):
@@ -140,11 +145,13 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x):  # (B, T, C)
+        # exercise: wo · ReLU(wi · x), or wo · (GELU_tanh(wi_0 · x) ⊙ wi_1 · x) when gated; dropout before wo
         if self.gated:
-            hidden = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)  # (B, T, F)
+            hidden = gelu_tanh(self.wi_0(x)) * self.wi_1(x)  # (B, T, F)
         else:
             hidden = F.relu(self.wi(x))                                         # (B, T, F)
         return self.wo(self.dropout(hidden))                                    # (B, T, C)
+        # end exercise
 
 
 class T5Block(nn.Module):
@@ -166,6 +173,7 @@ class T5Block(nn.Module):
         # x: (B, T, C); encoder_out: (B, S, C); prefix_kv: {"self"|"cross": (P_key, P_value)}
         prefix_kv = prefix_kv or {}
         self_cache, cross_cache = cache if cache is not None else (None, None)
+        # exercise: three pre-norm residual sublayers x = x + dropout(f(norm(x))): self-attn, cross-attn (if encoder_out), FFN
         x = x + self.dropout(self.self_attn(
             self.self_attn_norm(x), mask=self_mask, prefix_kv=prefix_kv.get("self"), cache=self_cache))
         if encoder_out is not None:
@@ -173,6 +181,7 @@ class T5Block(nn.Module):
                 self.cross_attn_norm(x), source=encoder_out, mask=cross_mask,
                 prefix_kv=prefix_kv.get("cross"), cache=cross_cache))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))                   # (B, T, C)
+        # end exercise
 
 
 class T5Stack(nn.Module):
@@ -238,6 +247,34 @@ class T5Model(GenerationMixin, nn.Module):
         self.encoder = T5Stack(config, is_decoder=False)
         self.decoder = T5Stack(config, is_decoder=True)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """T5's initialisation (F12.6), which folds attention's missing 1/√D into the query.
+
+        Every matrix is N(0, 1/fan_in), so activations keep unit scale, except the query, whose
+        std also carries the 1/√D that T5's attention leaves out: std(q) = (C · D)^-1/2.
+        Embeddings (and an untied head) are N(0, 1); norms start at 1.
+        """
+        c = self.config
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+            elif isinstance(module, T5Attention):
+                module.q.weight.normal_(0, (c.d_model * c.d_kv) ** -0.5)
+                module.k.weight.normal_(0, c.d_model ** -0.5)
+                module.v.weight.normal_(0, c.d_model ** -0.5)
+                module.o.weight.normal_(0, (c.num_heads * c.d_kv) ** -0.5)
+            elif isinstance(module, FeedForward):
+                for name in ("wi_0", "wi_1") if module.gated else ("wi",):
+                    getattr(module, name).weight.normal_(0, c.d_model ** -0.5)
+                module.wo.weight.normal_(0, c.d_ff ** -0.5)
+            elif isinstance(module, RelativePositionBias):
+                module.embedding.weight.normal_(0, c.d_model ** -0.5)
+        self.shared.weight.normal_(0, 1.0)
+        if self.lm_head is not None:
+            self.lm_head.weight.normal_(0, 1.0)
 
     # -- the seams: ids or embeddings in, encoder output reusable -------------------------------
     def embed(self, input_ids):
@@ -313,12 +350,3 @@ class T5Model(GenerationMixin, nn.Module):
             state["prefix_kv"] = [{kind: tuple(t.index_select(0, batch_index) for t in kv)
                                    for kind, kv in layer.items()} for layer in state["prefix_kv"]]
 
-
-def check_token_ids(input_ids, vocab_size: int):
-    """Refuse ids outside [0, V) with a message, instead of an index error deep inside torch."""
-    if input_ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"input ids must be an integer tensor, got {input_ids.dtype}")
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-        bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)].unique().tolist()[:5]
-        raise ValueError(f"token ids {bad} are outside the vocabulary [0, {vocab_size}): "
-                         "was the input made by a tokenizer for another model?")
