@@ -1,0 +1,185 @@
+# EXERCISE COPY of minipeft/attention.py: fill in every `raise NotImplementedError("exercise: …")`.
+# Check your work with:   pytest tests/test_attention.py --exercise attention
+# Start over with:        python lessons/exercises/make.py
+"""Multi-head attention: the one kernel both models share, and the seams PEFT attaches to.
+
+Formula (../shared/FORMULAS.md F5.4, written row-wise as PyTorch stores tensors):
+
+    Attn-op(Q, K, V) = softmax(Q Kᵀ · scale + M) V
+
+    symbol  variable     shape           meaning
+    Q       query        (B, H, T, D)    one row per target position
+    K, V    key, value   (B, H, S, D)    one row per source position
+    scale   scale        -               1/√D for GPT-2; 1 for T5, which folds 1/√D into its init (F12.6)
+    M       mask         (B|1, H|1, T, S) additive: T5's relative position bias, and
+                                         `finfo.min` where a query may not look (padding, future)
+
+The formula is computed by ``torch.nn.functional.scaled_dot_product_attention``, one fused kernel
+that never stores the (T, S) probability matrix when it can avoid it; ``tests/test_attention.py``
+pins it to the written-out formula above.
+
+Two seams make every prefix-style PEFT method a few lines (../shared/ARCHITECTURE.md):
+
+* ``prefix_kv = (P_key, P_value)``, each (B, H, m, D), is prepended to the keys and values
+  (F5.3 ``K_prefix = [P_key; K]``, ``V_prefix = [P_value; V]``): prefix tuning, P-tuning v2.
+  The caller gives the mask m extra columns (zeros: every query may see the prefix).
+* ``cache``, a :class:`KVCache`, keeps the keys and values of earlier tokens during generation,
+  so each new token costs one row of attention instead of a whole new forward pass.
+
+The keys are laid out ``[prefix; cached; new]`` along the S axis.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .shapes import Dims
+
+
+def attend(query, key, value, mask=None, scale=None, dropout=0.0):
+    """F5.4  softmax(Q Kᵀ · scale + M) V  for query (B, H, T, D) and key, value (B, H, S, D)."""
+    dims = Dims("F5.4 Attn-op")
+    dims.check("query", query, "B H T D")
+    dims.check("key", key, "B H S D")
+    dims.check("value", value, "B H S D")
+    if mask is not None:                       # broadcastable over B, H and (padding masks) T
+        dims.check("mask", mask, "... S")
+        if mask.shape[-2] not in (1, dims["T"]):
+            dims.check("mask", mask, "... T S")
+    raise NotImplementedError("exercise: F5.4 return softmax(query keyᵀ · scale + mask) value, dropout on the probabilities (scale None = 1/√D)")
+
+
+def split_heads(x, n_heads):
+    """(B, T, H·D) → (B, H, T, D)."""
+    batch, length, width = x.shape
+    return x.view(batch, length, n_heads, width // n_heads).transpose(1, 2)
+
+
+def merge_heads(x):
+    """(B, H, T, D) → (B, T, H·D)."""
+    batch, n_heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, n_heads * head_dim)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far by one attention layer, each (B, H, S, D).
+
+    Self-attention appends the new token's key/value at every step. Cross-attention stores the
+    encoder's keys/values once (``frozen=True`` after the first call) and reuses them.
+    """
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.frozen = False
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def append(self, keys, values):
+        """Add (B, H, T, D) new keys/values; return all of them, (B, H, S_past + T, D)."""
+        if self.keys is None:
+            self.keys, self.values = keys, values
+        else:
+            self.keys = torch.cat([self.keys, keys], dim=2)
+            self.values = torch.cat([self.values, values], dim=2)
+        return self.keys, self.values
+
+    def reorder(self, batch_index):
+        """Keep rows ``batch_index`` (beam search picks which hypotheses survive)."""
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, batch_index)
+            self.values = self.values.index_select(0, batch_index)
+
+
+def prepend_prefix(keys, values, prefix_kv):
+    """F5.3  K_prefix = [P_key; K], V_prefix = [P_value; V] along the source axis."""
+    if prefix_kv is None:
+        return keys, values
+    prefix_keys, prefix_values = prefix_kv
+    dims = Dims("F5.3 prefix", B=keys.shape[0], H=keys.shape[1], D=keys.shape[3])
+    dims.check("prefix key", prefix_keys, "B H m D")
+    dims.check("prefix value", prefix_values, "B H m D")
+    raise NotImplementedError("exercise: F5.3 put the prefix in front of the keys and of the values (which axis is the source axis?)")
+
+
+class T5Attention(nn.Module):
+    """T5's attention: separate ``q``, ``k``, ``v``, ``o`` projections, no biases, scale 1.
+
+    Self-attention when ``source`` is None, cross-attention over ``source`` (the encoder output)
+    otherwise. The relative position bias arrives inside ``mask``: the stack computes it once and
+    every layer shares it.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
+        inner = n_heads * head_dim
+        self.q = nn.Linear(d_model, inner, bias=False)
+        self.k = nn.Linear(d_model, inner, bias=False)
+        self.v = nn.Linear(d_model, inner, bias=False)
+        self.o = nn.Linear(inner, d_model, bias=False)
+
+    def forward(self, x, source=None, mask=None, prefix_kv=None, cache: KVCache | None = None):
+        # x: (B, T, C); source: (B, S, C) or None
+        query = split_heads(self.q(x), self.n_heads)                         # (B, H, T, D)
+        if cache is not None and cache.frozen:                               # cross-attention, later steps
+            keys, values = cache.keys, cache.values
+        else:
+            kv_input = x if source is None else source
+            keys = split_heads(self.k(kv_input), self.n_heads)              # (B, H, S, D)
+            values = split_heads(self.v(kv_input), self.n_heads)            # (B, H, S, D)
+            if cache is not None:
+                keys, values = cache.append(keys, values)                   # (B, H, S_past + S, D)
+                cache.frozen = source is not None
+        keys, values = prepend_prefix(keys, values, prefix_kv)             # (B, H, m + S, D)
+        dropout = self.dropout if self.training else 0.0
+        out = attend(query, keys, values, mask, scale=1.0, dropout=dropout)  # (B, H, T, D)
+        return self.o(merge_heads(out))                                      # (B, T, C)
+
+
+class GPTAttention(nn.Module):
+    """GPT-2's causal self-attention: one fused ``c_attn`` projection to Q, K, V, then ``c_proj``.
+
+    The causal (and padding) mask arrives in ``mask``; scale is the usual 1/√D.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.c_attn = nn.Linear(d_model, 3 * d_model)
+        self.c_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x, mask=None, prefix_kv=None, cache: KVCache | None = None):
+        # x: (B, T, C)
+        query, keys, values = self.c_attn(x).split(x.shape[-1], dim=2)     # 3 × (B, T, C)
+        query = split_heads(query, self.n_heads)                             # (B, H, T, D)
+        keys = split_heads(keys, self.n_heads)
+        values = split_heads(values, self.n_heads)
+        if cache is not None:
+            keys, values = cache.append(keys, values)                       # (B, H, S_past + T, D)
+        keys, values = prepend_prefix(keys, values, prefix_kv)             # (B, H, m + S, D)
+        dropout = self.dropout if self.training else 0.0
+        out = attend(query, keys, values, mask, dropout=dropout)            # (B, H, T, D)
+        return self.c_proj(merge_heads(out))                                 # (B, T, C)
+
+
+def padding_mask(attention_mask, dtype):
+    """(B, S) of 1 = token, 0 = padding → additive (B, 1, 1, S): 0 or the dtype's minimum."""
+    blocked = attention_mask[:, None, None, :] == 0
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(blocked, torch.finfo(dtype).min)
+
+
+def causal_mask(query_length, key_length, dtype, device):
+    """Additive (T, S): query i (at absolute position S - T + i) may look at keys 0 … S - T + i."""
+    raise NotImplementedError("exercise: build the (T, S) additive mask: 0 where key position <= query position, else finfo(dtype).min")
+
+
+def with_prefix_columns(mask, prefix_length):
+    """Give an additive mask (…, T, S) ``prefix_length`` leading zero columns: the prefix is visible."""
+    if mask is None or prefix_length == 0:
+        return mask
+    return F.pad(mask, (prefix_length, 0), value=0.0)
