@@ -5,13 +5,15 @@ Public API:
     T5Model, T5Config        the encoder-decoder (t5.py)
     GPT, GPTConfig           the decoder-only model (gpt.py)
     T5Tokenizer, GPT2Tokenizer
+    get_peft(model, method, **options)   a PEFT method attached to a frozen model (methods/)
 """
 
 from .convert import CheckpointError, load_hf
 from .gpt import GPT, GPTConfig
+from .methods import get_peft
 from .shapes import Dims, ShapeError, check_shape
 from .t5 import T5Config, T5Model
 from .tokenizers import GPT2Tokenizer, T5Tokenizer
 
 __all__ = ["load_hf", "CheckpointError", "T5Model", "T5Config", "GPT", "GPTConfig", "Dims", "ShapeError",
-           "check_shape", "T5Tokenizer", "GPT2Tokenizer"]
+           "check_shape", "T5Tokenizer", "GPT2Tokenizer", "get_peft"]

@@ -93,6 +93,7 @@ class GPT(GenerationMixin, nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.lm_head = None  # None: the head is tied to wte (a method such as probing may set its own)
         self.init_weights()
 
     @torch.no_grad()
@@ -143,7 +144,8 @@ class GPT(GenerationMixin, nn.Module):
             x = block(x, with_prefix_columns(mask, prefix_length), layer_prefix,
                       cache[i] if cache is not None else None)
         # Tied head: the output projection is the token embedding matrix.
-        return F.linear(self.ln_f(x), self.wte.weight)                             # (B, T, V)
+        head = self.wte.weight if self.lm_head is None else self.lm_head.weight    # (V, C)
+        return F.linear(self.ln_f(x), head)                                        # (B, T, V)
 
     @staticmethod
     def position_ids(attention_mask, past: int, length: int, device):

@@ -1,0 +1,126 @@
+"""The machinery every method shares: registry, freezing, report, save/load, switching off."""
+
+import pytest
+import torch
+
+import minipeft
+from minipeft.methods import get_peft, load_trained, method_names, save_trained
+from minipeft.methods.base import read_checkpoint
+
+T5_TINY = minipeft.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2,
+                            num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0)
+GPT_TINY = minipeft.GPTConfig(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=4, dropout=0.0,
+                              eos_token_id=1, pad_token_id=0)
+
+
+def tiny(kind, seed=0):
+    torch.manual_seed(seed)
+    return minipeft.T5Model(T5_TINY) if kind == "t5" else minipeft.GPT(GPT_TINY)
+
+
+def batch(kind):
+    ids = torch.randint(2, 64, (2, 5), generator=torch.Generator().manual_seed(1))
+    return dict(input_ids=ids, decoder_input_ids=ids[:, :3]) if kind == "t5" else dict(input_ids=ids)
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown method 'lorra'; available: .*full.*probe"):
+        get_peft(tiny("t5"), "lorra")
+
+
+def test_unknown_option_names_the_valid_ones():
+    with pytest.raises(TypeError, match="method 'full' has no option"):
+        get_peft(tiny("t5"), "full", r=8)
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt"])
+def test_full_trains_everything(kind):
+    model = tiny(kind)
+    peft = get_peft(model, "full")
+    trainable, total = minipeft.methods.count_parameters(peft)
+    assert trainable == total == sum(p.numel() for p in model.parameters())
+    assert peft.trainable_report() == f"trainable params: {total:,} || all params: {total:,} || trainable%: 100.0000"
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt"])
+def test_probe_trains_only_a_head_copy_and_starts_at_the_base(kind):
+    model = tiny(kind)
+    inputs = batch(kind)
+    expected = model(**inputs)
+    peft = get_peft(model, "probe")
+    trained = peft.trained_state_dict()
+    assert list(trained) == ["model.lm_head.weight"]
+    assert trained["model.lm_head.weight"].shape == (64, 16)
+    torch.testing.assert_close(peft(**inputs), expected)
+    # Training the copy must not move the frozen embedding.
+    embedding = (model.shared if kind == "t5" else model.wte).weight.clone()
+    with torch.no_grad():
+        peft.model.lm_head.weight.add_(1.0)
+    assert not torch.allclose(peft(**inputs), expected)
+    assert torch.equal((model.shared if kind == "t5" else model.wte).weight, embedding)
+    with peft.disabled():
+        torch.testing.assert_close(peft(**inputs), expected)
+    assert not torch.allclose(peft(**inputs), expected)
+
+
+def test_full_cannot_be_switched_off():
+    with pytest.raises(RuntimeError, match="no untouched base"):
+        with get_peft(tiny("t5"), "full").disabled():
+            pass
+
+
+def test_merge_is_refused_by_methods_that_cannot_merge():
+    with pytest.raises(NotImplementedError, match="cannot be merged"):
+        get_peft(tiny("gpt"), "probe").merge()
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt"])
+def test_save_then_load_reproduces_the_outputs(kind, tmp_path):
+    peft = get_peft(tiny(kind), "probe")
+    with torch.no_grad():
+        peft.model.lm_head.weight.normal_()
+    inputs = batch(kind)
+    path = tmp_path / "run" / "peft.safetensors"
+    size = save_trained(peft, path)
+    assert size == path.stat().st_size and not list(path.parent.glob("*.tmp"))
+    metadata, tensors = read_checkpoint(path)
+    assert metadata["method"] == "probe" and list(tensors) == ["model.lm_head.weight"]
+    restored = load_trained(tiny(kind), path)
+    torch.testing.assert_close(restored(**inputs), peft(**inputs))
+
+
+def test_loading_onto_another_base_is_refused(tmp_path):
+    path = tmp_path / "peft.safetensors"
+    save_trained(get_peft(tiny("t5"), "probe"), path)
+    with pytest.raises(ValueError, match="different base model"):
+        load_trained(tiny("t5", seed=1), path)
+
+
+def test_loading_a_checkpoint_of_another_method_is_refused(tmp_path):
+    path = tmp_path / "peft.safetensors"
+    save_trained(get_peft(tiny("t5"), "probe"), path)
+    with pytest.raises(ValueError, match="holds a 'probe' checkpoint, not 'full'"):
+        load_trained(tiny("t5"), path, method="full")
+
+
+def test_missing_checkpoint_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no PEFT checkpoint"):
+        load_trained(tiny("t5"), tmp_path / "nothing.safetensors")
+
+
+def test_mismatched_trained_tensors_are_listed():
+    peft = get_peft(tiny("t5"), "probe")
+    with pytest.raises(ValueError, match="missing: model.lm_head.weight(.|\n)*unexpected: extra"):
+        peft.load_trained_state_dict({"extra": torch.zeros(1)})
+
+
+def test_registry_has_the_baselines():
+    assert {"full", "probe"} <= set(method_names())
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt"])
+def test_generate_goes_through_the_method(kind):
+    model = tiny(kind).eval()
+    peft = get_peft(model, "probe")
+    ids = batch(kind)["input_ids"]
+    assert torch.equal(peft.generate(ids, max_new_tokens=3), model.generate(ids, max_new_tokens=3))
