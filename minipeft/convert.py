@@ -245,7 +245,10 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], un
                  for kind, names in problems if names]
         raise CheckpointError("the checkpoint does not match the model built from its config.json:\n"
                               + "\n".join(lines))
-    state = {name: tensor.to(dtype).contiguous() for name, tensor in state.items()}
+    # Copy out of the file: safetensors hands out views into the memory-mapped file, whose data may be
+    # misaligned for vector loads and is copied page by page on the first optimiser write.
+    state = {name: tensor.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+             for name, tensor in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
 
 

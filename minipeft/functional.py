@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def gelu_tanh(x):
@@ -17,6 +18,18 @@ def gelu_tanh(x):
     where the reference implementation, which computes this very expression, stays identical.
     """
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def embedding(input_ids, weight, tied_to_head: bool):
+    """Rows ``weight[input_ids]``, (…) → (…, C).
+
+    When the same (V, C) matrix is also the LM head (tied), its gradient is a dense (V, C) matrix
+    anyway: the head's. The lookup's own contribution touches only the looked-up rows, so it is
+    returned as a sparse gradient and added into the head's, instead of materialising (and
+    zero-filling) another full (V, C) matrix for every lookup: ~3·V·C fewer floats written per
+    training step. Untied, the embedding's gradient stays dense (optimisers such as AdamW need that).
+    """
+    return F.embedding(input_ids, weight, sparse=tied_to_head)
 
 
 def check_token_ids(input_ids, vocab_size: int):

@@ -9,6 +9,9 @@ Both models expose the same three methods, so one decoding loop serves both:
 ``state`` holds the :class:`~minipeft.attention.KVCache` of every layer, so step t feeds only the
 token chosen at step t-1: one row of attention per layer instead of re-running the whole prefix.
 
+While ``generate`` runs, every weight matrix is used from a copy packed for B-row matmuls
+(``packing.py``): the same numbers, laid out once for the small-batch kernel instead of at every step.
+
 Generation does not switch the model to ``eval()``: call it yourself (dropout would otherwise
 make greedy decoding random). ``generate`` returns only the new tokens, (B, ≤ max_new_tokens);
 a sequence that has produced end-of-sequence is padded with the pad id from then on.
@@ -17,6 +20,8 @@ a sequence that has produced end-of-sequence is padded with the pad id from then
 from __future__ import annotations
 
 import torch
+
+from .packing import packed_for_decoding
 
 
 class GenerationMixin:
@@ -30,12 +35,14 @@ class GenerationMixin:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if input_ids is None and inputs_embeds is None:
             raise ValueError("generate needs input_ids (B, S) or inputs_embeds (B, S, C)")
-        state, tokens = self.start_decoding(input_ids, attention_mask, inputs_embeds, prefix_kv)
-        if num_beams > 1:
-            if do_sample:
-                raise ValueError("beam search is deterministic: use num_beams=1 with do_sample=True")
-            return beam_search(self, state, tokens, max_new_tokens, num_beams, length_penalty)
-        return sample_loop(self, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator)
+        if num_beams > 1 and do_sample:
+            raise ValueError("beam search is deterministic: use num_beams=1 with do_sample=True")
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        with packed_for_decoding(self, rows=batch * num_beams):
+            state, tokens = self.start_decoding(input_ids, attention_mask, inputs_embeds, prefix_kv)
+            if num_beams > 1:
+                return beam_search(self, state, tokens, max_new_tokens, num_beams, length_penalty)
+            return sample_loop(self, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator)
 
 
 def choose_next(logits, do_sample: bool, temperature: float, top_k: int | None, generator=None):

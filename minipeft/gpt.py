@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import GPTAttention, KVCache, causal_mask, padding_mask, with_prefix_columns
-from .functional import check_token_ids, gelu_tanh
+from .functional import check_token_ids, embedding, gelu_tanh
 from .generate import GenerationMixin
+from .packing import Linear, linear
 from .shapes import Dims
 
 
@@ -58,8 +59,8 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         inner = config.n_inner or 4 * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, inner)
-        self.c_proj = nn.Linear(inner, config.n_embd)
+        self.c_fc = Linear(config.n_embd, inner)
+        self.c_proj = Linear(inner, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -94,6 +95,7 @@ class GPT(GenerationMixin, nn.Module):
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.lm_head = None  # None: the head is tied to wte (a method such as probing may set its own)
+        self.packed_head = None  # the head weight packed for decoding, inside generate() only (packing.py)
         self.init_weights()
 
     @torch.no_grad()
@@ -114,11 +116,17 @@ class GPT(GenerationMixin, nn.Module):
     def embed(self, input_ids):
         """ids (B, T) → token embeddings (B, T, C), refusing ids outside the vocabulary."""
         check_token_ids(input_ids, self.config.vocab_size)
-        return self.wte(input_ids)
+        return embedding(input_ids, self.wte.weight, tied_to_head=self.lm_head is None)
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, prefix_kv=None, cache=None,
                 position_ids=None):
-        """Logits (B, T, V).
+        """Logits (B, T, V): the head (tied to ``wte``) applied to :meth:`features`."""
+        hidden = self.features(input_ids, attention_mask, inputs_embeds, prefix_kv, cache, position_ids)
+        return linear(hidden, self.head_weight(), packed=self.packed_head)        # (B, T, V)
+
+    def features(self, input_ids=None, attention_mask=None, inputs_embeds=None, prefix_kv=None, cache=None,
+                 position_ids=None):
+        """The last hidden states (B, T, C), after ``ln_f``.
 
         ``attention_mask`` (B, S_past + T): 1 for tokens, 0 for padding (also of cached tokens).
         ``prefix_kv``: one ``(P_key, P_value)`` per block, each (B, H, m, D) (prefix tuning, F5.3).
@@ -143,9 +151,11 @@ class GPT(GenerationMixin, nn.Module):
             prefix_length = 0 if layer_prefix is None else layer_prefix[0].shape[2]
             x = block(x, with_prefix_columns(mask, prefix_length), layer_prefix,
                       cache[i] if cache is not None else None)
-        # Tied head: the output projection is the token embedding matrix.
-        head = self.wte.weight if self.lm_head is None else self.lm_head.weight    # (V, C)
-        return F.linear(self.ln_f(x), head)                                        # (B, T, V)
+        return self.ln_f(x)                                                        # (B, T, C)
+
+    def head_weight(self):
+        """The LM head (V, C): the token embedding when tied, else ``lm_head``."""
+        return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     @staticmethod
     def position_ids(attention_mask, past: int, length: int, device):
@@ -173,9 +183,10 @@ class GPT(GenerationMixin, nn.Module):
             mask = torch.cat([mask, mask.new_ones(tokens.shape)], dim=1)       # the new tokens are real
             state["attention_mask"] = mask
         embeds, state["inputs_embeds"] = state["inputs_embeds"], None           # prompt embeddings, first step only
-        logits = self(input_ids=tokens if embeds is None else None, inputs_embeds=embeds, attention_mask=mask,
-                      prefix_kv=state["prefix_kv"], cache=state["cache"])
-        return logits[:, -1]
+        hidden = self.features(input_ids=tokens if embeds is None else None, inputs_embeds=embeds,
+                               attention_mask=mask, prefix_kv=state["prefix_kv"], cache=state["cache"])
+        # Only the last position's logits choose the next token: skip the head for the rest of the prompt.
+        return linear(hidden[:, -1], self.head_weight(), packed=self.packed_head)  # (B, V)
 
     def reorder_state(self, state, batch_index):
         if state["inputs_embeds"] is not None:

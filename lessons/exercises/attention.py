@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packing import Linear
 from .shapes import Dims
 
 
@@ -118,10 +119,10 @@ class T5Attention(nn.Module):
         super().__init__()
         self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
         inner = n_heads * head_dim
-        self.q = nn.Linear(d_model, inner, bias=False)
-        self.k = nn.Linear(d_model, inner, bias=False)
-        self.v = nn.Linear(d_model, inner, bias=False)
-        self.o = nn.Linear(inner, d_model, bias=False)
+        self.q = Linear(d_model, inner, bias=False)
+        self.k = Linear(d_model, inner, bias=False)
+        self.v = Linear(d_model, inner, bias=False)
+        self.o = Linear(inner, d_model, bias=False)
 
     def forward(self, x, source=None, mask=None, prefix_kv=None, cache: KVCache | None = None):
         # x: (B, T, C); source: (B, S, C) or None
@@ -150,8 +151,8 @@ class GPTAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
-        self.c_attn = nn.Linear(d_model, 3 * d_model)
-        self.c_proj = nn.Linear(d_model, d_model)
+        self.c_attn = Linear(d_model, 3 * d_model)
+        self.c_proj = Linear(d_model, d_model)
 
     def forward(self, x, mask=None, prefix_kv=None, cache: KVCache | None = None):
         # x: (B, T, C)

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import KVCache, T5Attention, causal_mask, padding_mask, with_prefix_columns
-from .functional import check_token_ids, gelu_tanh
+from .functional import check_token_ids, embedding, gelu_tanh
 from .generate import GenerationMixin
+from .packing import Linear, linear
 from .shapes import Dims
 
 
@@ -126,11 +127,11 @@ class FeedForward(nn.Module):
         super().__init__()
         self.gated = config.feed_forward_proj == "gated-gelu"
         if self.gated:
-            self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
-            self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_0 = Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_1 = Linear(config.d_model, config.d_ff, bias=False)
         else:
-            self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+            self.wi = Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = Linear(config.d_ff, config.d_model, bias=False)
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x):  # (B, T, C)
@@ -222,6 +223,7 @@ class T5Model(GenerationMixin, nn.Module):
         self.encoder = T5Stack(config, is_decoder=False)
         self.decoder = T5Stack(config, is_decoder=True)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.packed_head = None  # the head weight packed for decoding, inside generate() only (packing.py)
         self.init_weights()
 
     @torch.no_grad()
@@ -255,7 +257,7 @@ class T5Model(GenerationMixin, nn.Module):
     def embed(self, input_ids):
         """ids (B, T) → embeddings (B, T, C), refusing ids outside the vocabulary."""
         check_token_ids(input_ids, self.config.vocab_size)
-        return self.shared(input_ids)
+        return embedding(input_ids, self.shared.weight, tied_to_head=self.lm_head is None)
 
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, prefix_kv=None):
         """(B, S) ids or (B, S, C) embeddings → encoder output (B, S, C)."""
@@ -273,8 +275,11 @@ class T5Model(GenerationMixin, nn.Module):
         if self.config.scale_decoder_outputs:
             # With tied embeddings (T5 v1.0) the rescale keeps the logits at the scale an untied head learns.
             hidden = hidden * self.config.d_model ** -0.5
-        head = self.shared.weight if self.lm_head is None else self.lm_head.weight    # (V, C)
-        return F.linear(hidden, head)                                                  # (B, T, V)
+        return linear(hidden, self.head_weight(), packed=self.packed_head)            # (B, T, V)
+
+    def head_weight(self):
+        """The LM head (V, C): the shared embedding when tied, else ``lm_head``."""
+        return self.shared.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None,
                 inputs_embeds=None, encoder_out=None, prefix_kv=None):

@@ -1,0 +1,79 @@
+"""The decoding fast path computes the same thing as F.linear, and only while decoding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minipeft
+from minipeft import packing
+
+needs_onednn = pytest.mark.skipif(not packing.can_pack(torch.zeros(1)), reason="this torch build has no oneDNN on CPU")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(8, 32), (3, 32), (2, 5, 32), (2, 1, 32)])
+def test_packed_linear_equals_f_linear(shape):
+    weight, bias, x = torch.randn(48, 32), torch.randn(48), torch.randn(*shape)
+    packed = packing.pack_weight(weight, rows=8)
+    with torch.no_grad():
+        torch.testing.assert_close(packing.linear(x, weight, bias, packed), F.linear(x, weight, bias),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_packed_copy_is_ignored_when_a_gradient_is_needed():
+    layer = packing.Linear(4, 3)
+    layer.packed = packing.pack_weight(torch.zeros(3, 4), rows=2)  # deliberately stale
+    x = torch.randn(2, 4, requires_grad=True)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def tiny_models():
+    torch.manual_seed(0)
+    t5 = minipeft.T5Model(minipeft.T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                            num_decoder_layers=2, num_heads=4, dropout_rate=0.0)).eval()
+    gpt = minipeft.GPT(minipeft.GPTConfig(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                          dropout=0.0, eos_token_id=1, pad_token_id=0)).eval()
+    return t5, gpt
+
+
+@needs_onednn
+@pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generation_is_the_same_with_and_without_packing(index, num_beams, monkeypatch):
+    model = tiny_models()[index]
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    packed_ids = model.generate(ids, max_new_tokens=6, num_beams=num_beams)
+    monkeypatch.setattr(packing, "pack_weight", lambda weight, rows: None)
+    assert torch.equal(model.generate(ids, max_new_tokens=6, num_beams=num_beams), packed_ids)
+
+
+@needs_onednn
+def test_packing_happens_inside_generate_only():
+    model = tiny_models()[0]
+    layers = [m for m in model.modules() if isinstance(m, packing.Linear)]
+    with packing.packed_for_decoding(model, rows=2):
+        assert all(layer.packed is not None for layer in layers) and model.packed_head is not None
+    assert all(layer.packed is None for layer in layers) and model.packed_head is None
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
+def test_tied_embedding_gradient_is_dense_and_equals_a_dense_lookup(index, monkeypatch):
+    model = tiny_models()[index].train()
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    weight = model.head_weight()
+
+    def loss():
+        inputs = dict(input_ids=ids, decoder_input_ids=ids[:, :4]) if index == 0 else dict(input_ids=ids)
+        return model(**inputs).square().mean()
+
+    torch.manual_seed(0)
+    loss().backward()
+    fast = weight.grad.clone()
+    assert fast.layout == torch.strided  # AdamW needs a dense gradient
+    weight.grad = None
+    module = minipeft.t5 if index == 0 else minipeft.gpt
+    monkeypatch.setattr(module, "embedding", lambda ids, weight, tied_to_head: F.embedding(ids, weight))  # dense
+    torch.manual_seed(0)
+    loss().backward()
+    torch.testing.assert_close(weight.grad, fast, rtol=1e-5, atol=1e-6)
