@@ -177,6 +177,10 @@ class GPT(GenerationMixin, nn.Module):
             input_ids = torch.zeros(inputs_embeds.shape[0], 0, dtype=torch.long, device=inputs_embeds.device)
         return state, input_ids
 
+    def decoding_layers(self):
+        """What runs at every decoding step: every block."""
+        return self.blocks
+
     def decode_step(self, state, tokens):
         mask = state["attention_mask"]
         if mask is not None and state["cache"][0].length > 0:

@@ -13,7 +13,7 @@ with ``F.linear`` to float32 rounding (``tests/test_packing.py``). Packing is on
 the moment an optimiser changes the weight, and it has no backward.
 
     with packed_for_decoding(model, rows=batch * beams):
-        …every ``Linear`` of the model, and the LM head, use their packed copy…
+        …the decoder's ``Linear`` layers and the LM head use their packed copy…
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ class Linear(nn.Linear):
 
 @contextmanager
 def packed_for_decoding(model: nn.Module, rows: int):
-    """Pack every :class:`Linear` of ``model`` (and its LM head, ``model.packed_head``) for ``rows``
+    """Pack every :class:`Linear` that runs at each decoding step (``model.decoding_layers()``: T5's
+    decoder, not its encoder, which runs once) and the LM head (``model.packed_head``) for ``rows``
     input rows; drop the packed copies on exit."""
-    layers = [module for module in model.modules() if isinstance(module, Linear)]
+    layers = [module for module in model.decoding_layers().modules() if isinstance(module, Linear)]
     try:
         with torch.no_grad():
             for layer in layers:

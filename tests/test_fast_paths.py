@@ -51,7 +51,7 @@ def test_generation_is_the_same_with_and_without_packing(index, num_beams, monke
 @needs_onednn
 def test_packing_happens_inside_generate_only():
     model = tiny_models()[0]
-    layers = [m for m in model.modules() if isinstance(m, packing.Linear)]
+    layers = [m for m in model.decoder.modules() if isinstance(m, packing.Linear)]
     with packing.packed_for_decoding(model, rows=2):
         assert all(layer.packed is not None for layer in layers) and model.packed_head is not None
     assert all(layer.packed is None for layer in layers) and model.packed_head is None
