@@ -76,13 +76,11 @@ class Adam(torch.optim.Optimizer):
             grad = grad.add(param, alpha=weight_decay)        # Adam (L2): g ← g + λ θ
         # end exercise
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        # exercise: update the moments m and v in place (F12.2)
+        # exercise: F12.2: update the moments m, v in place, bias-correct them, then θ ← θ − η m̂ / (√v̂ + ε)
         # F12.2  m_t = β1 m_{t−1} + (1 − β1) g_t
         m.mul_(beta1).add_(grad, alpha=1 - beta1)
         # F12.2  v_t = β2 v_{t−1} + (1 − β2) g_t²
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        # end exercise
-        # exercise: bias-correct m and v, then θ ← θ − η m̂ / (√v̂ + ε)
         # F12.2  m̂_t = m_t / (1 − β1^t),  v̂_t = v_t / (1 − β2^t)
         m_hat = m / (1 - beta1 ** t)
         v_hat = v / (1 - beta2 ** t)
