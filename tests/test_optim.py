@@ -479,3 +479,16 @@ def test_weight_decay_groups_leave_vectors_undecayed():
     assert no_decay["weight_decay"] == 0.0
     optimizer = build_optimizer("adamw", [decay, no_decay], lr=1e-3, weight_decay=0.1)
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_memory_benchmark_measures_each_configuration():
+    """A smoke run of ``python -m minipeft.benchmarks.memory``'s measurement at a tiny shape."""
+    from minipeft.benchmarks import memory
+    shape = dict(memory.T5_SMALL, vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
+                 num_heads=2)
+    rows = [memory.measure(name, shape) for name in ("full + adam", "full + sgd")]
+    adam, sgd = rows
+    assert adam["trainable"] == adam["parameters"] == sum(p.numel() for p in T5Model(T5Config(**shape)).parameters())
+    assert adam["grad_bytes"] == 4 * adam["trainable"] and adam["state_bytes"] == 2 * adam["grad_bytes"]
+    assert sgd["state_bytes"] == 0 and adam["peak_delta"] >= 0
+    assert "full + adam" in memory.report(rows)
