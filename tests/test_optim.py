@@ -270,6 +270,7 @@ def small_target_regression():
     student = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     with torch.no_grad():
         student[2].weight.mul_(1e-3)
+        student[2].bias.zero_()
     student[2].requires_grad_(False)
     return x, target, student
 
@@ -295,7 +296,7 @@ def test_fp16_gradients_underflow_without_loss_scaling_and_survive_with_it():
         if scale == 1.0:
             assert (grad == 0).all()                                            # every gradient underflowed
         else:
-            torch.testing.assert_close(grad, reference_grad, rtol=0.0, atol=1e-3 * reference_grad.abs().max().item())
+            assert (grad - reference_grad).norm() < 1e-2 * reference_grad.norm()    # survived, within 1 %
 
 
 def test_fp16_with_loss_scaling_trains_where_unscaled_fp16_does_not():
