@@ -165,15 +165,16 @@ def train_tiny_t5(optimizer_name, steps, config=TINY_T5, lr=1e-2, batch_size=32)
         return initial, t5_loss(model, *held_out).item()
 
 
-def assert_adafactor_close_to_adamw(steps, config=TINY_T5):
-    initial, adamw = train_tiny_t5("adamw", steps, config)
-    _, adafactor = train_tiny_t5("adafactor", steps, config)
+def assert_adafactor_close_to_adamw(steps, config=TINY_T5, batch_size=32):
+    """Same model, data, learning rate (1e-2) and warmup-cosine schedule; AdaFactor ≤ 1.05 × AdamW."""
+    initial, adamw = train_tiny_t5("adamw", steps, config, batch_size=batch_size)
+    _, adafactor = train_tiny_t5("adafactor", steps, config, batch_size=batch_size)
     assert adamw < 0.6 * initial, f"AdamW did not learn ({initial:.3f} → {adamw:.3f}): the comparison would be empty"
     assert adafactor <= 1.05 * adamw, f"AdaFactor {adafactor:.3f} vs AdamW {adamw:.3f}"
 
 
 def test_adafactor_trains_tiny_t5_within_5_percent_of_adamw():
-    assert_adafactor_close_to_adamw(steps=80)
+    assert_adafactor_close_to_adamw(steps=60, batch_size=16)
 
 
 @pytest.mark.slow
