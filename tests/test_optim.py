@@ -239,6 +239,10 @@ def test_unknown_names_and_bad_schedules_are_refused_with_the_choices():
         build_schedule("constant", AdaFactor(params), warmup_steps=1, total_steps=10)
     with pytest.raises(ValueError, match="betas"):
         Adam(params, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="relative_step=False"):
+        AdaFactor(params, lr=1e-3)                      # the paper's relative step ignores lr: say so
+    with pytest.raises(ValueError, match="reshape it to 2-D"):
+        AdaFactor([torch.zeros(2, 2, 2, requires_grad=True)])
 
 
 def test_clipping_equals_torch():

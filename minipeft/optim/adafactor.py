@@ -78,6 +78,11 @@ class AdaFactor(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, eps=tuple(eps), clip_threshold=clip_threshold, decay_rate=decay_rate,
                                       beta1=beta1, weight_decay=weight_decay, scale_parameter=scale_parameter,
                                       relative_step=relative_step, warmup_init=warmup_init))
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.dim() > 2:
+                    raise ValueError(f"AdaFactor factors matrices (2-D) and keeps vectors whole; got a parameter "
+                                     f"of shape {tuple(param.shape)}: reshape it to 2-D or use Adam for it")
 
     @staticmethod
     def step_size(group, step: int, param) -> float:
@@ -103,9 +108,6 @@ class AdaFactor(torch.optim.Optimizer):
                     continue
                 if param.grad.is_sparse:
                     raise RuntimeError("AdaFactor does not support sparse gradients")
-                if param.dim() > 2:
-                    raise ValueError(f"AdaFactor factors matrices (2-D) and keeps vectors whole; got a parameter "
-                                     f"of shape {tuple(param.shape)}: reshape it to 2-D or use Adam for it")
                 state = self.state[param]
                 if not state:
                     self.init_state(state, param, group["beta1"] is not None)
