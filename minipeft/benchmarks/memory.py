@@ -184,15 +184,15 @@ def predicted_bytes(row: dict) -> float:
 
 
 def report(rows: list[dict]) -> str:
-    header = (f"{'configuration':<24} {'trainable':>12} {'grads MiB':>9} {'state MiB':>9} {'F12.2 MiB':>9} "
-              f"{'peak Δ MiB':>10} {'kept Δ MiB':>10}")
+    header = (f"{'configuration':<24} {'trainable':>12} {'grads MiB':>10} {'state MiB':>10} {'F12.2 MiB':>10} "
+              f"{'peak Δ MiB':>11} {'kept Δ MiB':>11}")
     lines = [f"One training step, t5-small shape (B={BATCH}, S={SOURCE}, T={TARGET}), fp32, CPU; "
              f"{rows[0]['parameters'] / 1e6:.1f} M parameters = {rows[0]['parameters'] * 4 / MiB:.0f} MiB of weights "
              f"(in the baseline, not in the Δ columns).", header, "-" * len(header)]
     for row in rows:
-        lines.append(f"{row['name']:<24} {row['trainable']:>12,} {row['grad_bytes'] / MiB:>9.1f} "
-                     f"{row['state_bytes'] / MiB:>9.1f} {predicted_bytes(row) / MiB:>9.1f} "
-                     f"{row['peak_delta'] / MiB:>10.1f} {row['kept_delta'] / MiB:>10.1f}")
+        lines.append(f"{row['name']:<24} {row['trainable']:>12,} {row['grad_bytes'] / MiB:>10.1f} "
+                     f"{row['state_bytes'] / MiB:>10.1f} {predicted_bytes(row) / MiB:>10.1f} "
+                     f"{row['peak_delta'] / MiB:>11.1f} {row['kept_delta'] / MiB:>11.1f}")
     lines.append("F12.2 MiB: gradients + optimiser state predicted from the trainable count (AdaFactor's "
                  "factored state counted as 0). peak Δ also holds activations and the step's temporaries.")
     if not PEFT_AVAILABLE:
