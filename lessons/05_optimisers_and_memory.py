@@ -130,8 +130,9 @@ print(f"{'method':<17}{'precision':<11}{'trainable':>12}{'weights MiB':>13}{'gra
 for method, count in trainable.items():
     for precision in ("fp32", "fp16"):
         kinds = training_state_bytes(count, t5_small_parameters - count, "adam", precision)
-        print(f"{method:<17}{precision:<11}{count:>12,}{kinds['weights'] / MiB:>13.1f}{kinds['gradients'] / MiB:>11.1f}"
-              f"{kinds['fp32 masters'] / MiB:>13.1f}{kinds['optimizer state'] / MiB:>16.1f}{kinds['total'] / MiB:>11.1f}")
+        print(f"{method:<17}{precision:<11}{count:>12,}{kinds['weights'] / MiB:>13.1f}"
+              f"{kinds['gradients'] / MiB:>11.1f}{kinds['fp32 masters'] / MiB:>13.1f}"
+              f"{kinds['optimizer state'] / MiB:>16.1f}{kinds['total'] / MiB:>11.1f}")
 
 # %% [markdown]
 # Full fine-tuning with Adam needs ~4× the weights before any activation; with LoRA or a prefix
@@ -180,7 +181,8 @@ def mse(network):
 reference = copy.deepcopy(student).half().float()
 mse(reference).backward()
 reference_grad = reference[0].weight.grad
-print(f"fp32 gradient of the first layer: |g| from {reference_grad.abs().min():.1e} to {reference_grad.abs().max():.1e}")
+print(f"fp32 gradient of the first layer: |g| from {reference_grad.abs().min():.1e} "
+      f"to {reference_grad.abs().max():.1e}")
 print(f"{'loss scale S':>14}{'zero entries':>14}{'relative error':>16}")
 for scale in (1.0, 2.0 ** 8, 2.0 ** 16, 2.0 ** 24):
     network = copy.deepcopy(student).half()

@@ -70,7 +70,8 @@ def test_adam_matches_torch(ours, theirs):
 
 
 def test_adam_and_adamw_differ_only_in_weight_decay():
-    assert (train_small(lambda p: Adam(p, lr=1e-2)) - train_small(lambda p: AdamW(p, lr=1e-2, weight_decay=0))).abs().max() == 0
+    no_decay = train_small(lambda p: Adam(p, lr=1e-2)) - train_small(lambda p: AdamW(p, lr=1e-2, weight_decay=0))
+    assert no_decay.abs().max() == 0
     assert (train_small(lambda p: Adam(p, lr=1e-2, weight_decay=0.1))
             - train_small(lambda p: AdamW(p, lr=1e-2, weight_decay=0.1))).abs().max() > 1e-4
 
@@ -89,7 +90,8 @@ def test_adafactor_matches_torch_adafactor():
                          lambda p: torch.optim.Adafactor(p, lr=1e-2, eps=(1e-30, 1e-3), d=1.0, beta2_decay=-0.8))
 
 
-@pytest.mark.parametrize("options", [dict(lr=1e-2, beta1=0.9, weight_decay=0.1, relative_step=False, scale_parameter=False),
+@pytest.mark.parametrize("options", [dict(lr=1e-2, beta1=0.9, weight_decay=0.1, relative_step=False,
+                                          scale_parameter=False),
                                      dict(warmup_init=True, beta1=0.5, clip_threshold=0.5)],
                          ids=["external-lr-momentum-decay", "warmup-init"])
 def test_adafactor_matches_transformers(options):
@@ -389,7 +391,8 @@ def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights():
 def assert_std(name, tensor, expected):
     """Sample std within 4 standard errors of the formula's (std error of a std ≈ σ/√(2N))."""
     tolerance = 4 / math.sqrt(2 * tensor.numel())
-    assert abs(tensor.std().item() / expected - 1) < tolerance, f"{name}: std {tensor.std():.4g}, F12.6 says {expected:.4g}"
+    assert abs(tensor.std().item() / expected - 1) < tolerance, \
+        f"{name}: std {tensor.std():.4g}, F12.6 says {expected:.4g}"
 
 
 def t5_expected_std(name, c):

@@ -145,7 +145,7 @@ def measure(name: str, shape: dict = T5_SMALL) -> dict:
     everything = {id(p): p for p in list(model.parameters()) + list(module.parameters())}
     optimizer = build_optimizer(setup.optimizer, params, lr=LEARNING_RATE)
 
-    warm_source, warm_labels = make_batch(1, shape["vocab_size"], generator)                 # one-off costs, not the step's
+    warm_source, warm_labels = make_batch(1, shape["vocab_size"], generator)   # one-off costs, not the step's
     F.cross_entropy(module(input_ids=warm_source, decoder_input_ids=model.shift_right(warm_labels)).flatten(0, 1),
                     warm_labels.flatten()).backward()
     for p in params:

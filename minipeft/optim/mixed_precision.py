@@ -68,7 +68,8 @@ class LossScaler:
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale!r}")
         if not growth_factor > 1 or not 0 < backoff_factor < 1:
-            raise ValueError(f"need growth_factor > 1 and 0 < backoff_factor < 1, got {growth_factor}, {backoff_factor}")
+            raise ValueError(f"need growth_factor > 1 and 0 < backoff_factor < 1, "
+                             f"got {growth_factor}, {backoff_factor}")
         if growth_interval < 1:
             raise ValueError(f"growth_interval must be ≥ 1, got {growth_interval}")
         self.scale = float(init_scale)
