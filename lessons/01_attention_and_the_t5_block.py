@@ -79,8 +79,9 @@ print("weight on padding (row 2):", weights[1, :, :, 4:].abs().max().item())
 # `1/√d` into init"), so the *unscaled* scores already have variance ≈ 1.
 #
 # Below: scores of unit-variance Q, K with and without the scale, and T5's initialisation.
-# (minipeft's `T5Model` is built with PyTorch's default initialisation; the T5 init matters when
-# a model is trained from scratch, not when pretrained weights are loaded.)
+# (`T5Model.init_weights` applies exactly this scheme when a model is built from scratch; it
+# matters for training from scratch, not when pretrained weights are loaded. Lesson 05 and
+# `minipeft/optim/init.py` show all of F12.6.)
 
 # %%
 C = 512

@@ -11,6 +11,7 @@ Public API:
 from .convert import CheckpointError, load_hf
 from .gpt import GPT, GPTConfig
 from .methods import get_peft
+from . import optim  # noqa: F401  (minipeft.optim.AdamW, …)
 from .shapes import Dims, ShapeError, check_shape
 from .t5 import T5Config, T5Model
 from .tokenizers import GPT2Tokenizer, T5Tokenizer
