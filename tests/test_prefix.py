@@ -48,7 +48,7 @@ def assert_same_until_eos(recomputed, generated, eos):
     assert torch.equal(recomputed.masked_fill(after_eos, -1), generated.masked_fill(after_eos, -1))
 
 
-# ---- where the prefixes go (F5.2, F5.3) and how many parameters (F5.6) ---------------------------------
+# ---- where the prefixes go (F5.2, F5.3), the reparametrisation (F5.5), the count (F5.6) -----------------
 
 def test_gpt_gets_one_key_value_prefix_per_block_laid_out_as_in_peft():
     """F5.3: P_θ (m, L·2·C) read as [layer][key|value][head][head dim], each (B, H, m, D)."""
@@ -60,6 +60,26 @@ def test_gpt_gets_one_key_value_prefix_per_block_laid_out_as_in_peft():
         assert keys.shape == values.shape == (2, 4, 3, 4)
         torch.testing.assert_close(keys[1], table[:, layer, 0].transpose(0, 1))
         torch.testing.assert_close(values[0], table[:, layer, 1].transpose(0, 1))
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt"])
+def test_fold_keeps_the_outputs_and_drops_the_mlp(kind):
+    peft = get_peft(tiny(kind), "prefix", num_virtual_tokens=4)
+    before = peft(**batch(kind))
+    torch.testing.assert_close(peft.prefix_matrix(), peft.prefix_mlp(peft.prefix_embedding))
+    peft.merge()  # folding is prefix tuning's merge
+    assert [name for name, p in peft.named_parameters() if p.requires_grad] == ["prefix_table"]
+    assert not hasattr(peft, "prefix_mlp") and peft.options.prefix_projection is False
+    torch.testing.assert_close(peft(**batch(kind)), before)
+    with pytest.raises(NotImplementedError, match="resume training"):
+        peft.unmerge()
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt"])
+def test_gradients_reach_the_reparametrisation(kind):
+    peft = get_peft(tiny(kind), "prefix", num_virtual_tokens=4)
+    peft(**batch(kind)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in peft.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("places", [("encoder", "decoder", "cross"), ("decoder",), ("encoder",), ("cross",),
@@ -77,20 +97,6 @@ def test_t5_prefixes_exactly_the_chosen_attentions_with_the_f5_6_count(places):
         kinds = {kind for layer in prefix["decoder"] for kind in layer}
         assert kinds == {kind for place, kind in (("decoder", "self"), ("cross", "cross")) if place in places}
     assert not torch.allclose(peft(**batch("t5")), expected)
-
-
-def test_gpt2_small_prefix_count_is_368640_as_in_peft():
-    """F5.6 with peft's configuration: 20 tokens, no reparametrisation, GPT-2 small's 12 layers × 768."""
-    shape = dict(vocab_size=64, n_positions=32, n_embd=768, n_layer=12, n_head=12, n_inner=4)  # FFN shrunk: not counted
-    peft = get_peft(minipeft.GPT(minipeft.GPTConfig(**shape, eos_token_id=1, pad_token_id=0)), "prefix",
-                    num_virtual_tokens=20, prefix_projection=False)
-    assert count_parameters(peft)[0] == 20 * 2 * 768 * 12 == 368_640
-    transformers, reference_peft = reference("transformers"), reference("peft")
-    with torch.device("meta"):  # counting needs shapes only
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape, bos_token_id=1, eos_token_id=1))
-    theirs = reference_peft.get_peft_model(hf, reference_peft.PrefixTuningConfig(task_type="CAUSAL_LM",
-                                                                                 num_virtual_tokens=20))
-    assert theirs.get_nb_trainable_parameters()[0] == 368_640
 
 
 def test_reparametrised_count_is_the_embedding_plus_the_mlp():
@@ -116,28 +122,6 @@ def test_prefix_length_must_be_positive_but_takes_no_positions():
     assert peft(input_ids=torch.randint(2, 64, (1, 32))).shape == (1, 32, 64)
     with pytest.raises(ValueError, match="do not fit in this model's n_positions=32"):
         get_peft(tiny("gpt"), "prefix", num_virtual_tokens=40, embedding_only=True)  # in the input it does
-
-
-# ---- the reparametrisation and folding (F5.5) ------------------------------------------------------------
-
-@pytest.mark.parametrize("kind", ["t5", "gpt"])
-def test_fold_keeps_the_outputs_and_drops_the_mlp(kind):
-    peft = get_peft(tiny(kind), "prefix", num_virtual_tokens=4)
-    before = peft(**batch(kind))
-    torch.testing.assert_close(peft.prefix_matrix(), peft.prefix_mlp(peft.prefix_embedding))
-    peft.merge()  # folding is prefix tuning's merge
-    assert [name for name, p in peft.named_parameters() if p.requires_grad] == ["prefix_table"]
-    assert not hasattr(peft, "prefix_mlp") and peft.options.prefix_projection is False
-    torch.testing.assert_close(peft(**batch(kind)), before)
-    with pytest.raises(NotImplementedError, match="resume training"):
-        peft.unmerge()
-
-
-@pytest.mark.parametrize("kind", ["t5", "gpt"])
-def test_gradients_reach_the_reparametrisation(kind):
-    peft = get_peft(tiny(kind), "prefix", num_virtual_tokens=4)
-    peft(**batch(kind)).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in peft.parameters() if p.requires_grad)
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------------
@@ -271,6 +255,20 @@ def test_embedding_only_ablation_is_a_prompt_on_the_input(kind):
 
 
 # ---- parity with peft ------------------------------------------------------------------------------------------------
+
+def test_gpt2_small_prefix_count_is_368640_as_in_peft():
+    """F5.6 with peft's configuration: 20 tokens, no reparametrisation, GPT-2 small's 12 layers × 768."""
+    shape = dict(vocab_size=64, n_positions=32, n_embd=768, n_layer=12, n_head=12, n_inner=4)  # FFN shrunk: not counted
+    peft = get_peft(minipeft.GPT(minipeft.GPTConfig(**shape, eos_token_id=1, pad_token_id=0)), "prefix",
+                    num_virtual_tokens=20, prefix_projection=False)
+    assert count_parameters(peft)[0] == 20 * 2 * 768 * 12 == 368_640
+    transformers, reference_peft = reference("transformers"), reference("peft")
+    with torch.device("meta"):  # counting needs shapes only
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape, bos_token_id=1, eos_token_id=1))
+    theirs = reference_peft.get_peft_model(hf, reference_peft.PrefixTuningConfig(task_type="CAUSAL_LM",
+                                                                                 num_virtual_tokens=20))
+    assert theirs.get_nb_trainable_parameters()[0] == 368_640
+
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):

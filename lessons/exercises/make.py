@@ -7,6 +7,9 @@ with ``raise NotImplementedError("exercise: <hint>")`` and writes the copy here,
     python lessons/exercises/make.py           # regenerate every stub
     pytest tests/test_attention.py --exercise attention   # test your version of attention.py
 
+A module inside a package is named with dots: ``methods.prompt`` is ``minipeft/methods/prompt.py``,
+its stub ``lessons/exercises/methods.prompt.py``, its tests ``tests/test_prompt.py``.
+
 ``tests/test_exercises.py`` checks that the stubs are up to date and that the tests catch them.
 """
 
@@ -18,21 +21,32 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent.parent / "minipeft"
-MODULES = ("attention", "t5")
+MODULES = ("attention", "t5", "methods.prompt", "methods.prefix", "methods.ptuning")
 
 START = re.compile(r"^(?P<indent>\s*)# exercise: (?P<hint>.+)$")
 END = re.compile(r"^\s*# end exercise\s*$")
 
-HEADER = '''# EXERCISE COPY of minipeft/{name}.py: fill in every `raise NotImplementedError("exercise: …")`.
-# Check your work with:   pytest tests/test_{name}.py --exercise {name}
+HEADER = '''# EXERCISE COPY of minipeft/{source}: fill in every `raise NotImplementedError("exercise: …")`.
+# Check your work with:   pytest {tests} --exercise {name}
 # Start over with:        python lessons/exercises/make.py
 '''
+
+
+def source_file(name: str) -> Path:
+    """``methods.prompt`` → minipeft/methods/prompt.py."""
+    return PACKAGE / f"{name.replace('.', '/')}.py"
+
+
+def test_file(name: str) -> str:
+    """``methods.prompt`` → tests/test_prompt.py."""
+    return f"tests/test_{name.rsplit('.', 1)[-1]}.py"
 
 
 def make_stub(source: str, name: str, only: int | None = None) -> str:
     """The reference source with each exercise region (or just region number ``only``) replaced
     by a NotImplementedError."""
-    out, inside, region = [HEADER.format(name=name)], False, -1
+    header = HEADER.format(source=source_file(name).relative_to(PACKAGE).as_posix(), tests=test_file(name), name=name)
+    out, inside, region = [header], False, -1
     for number, line in enumerate(source.splitlines(keepends=True), start=1):
         start = START.match(line)
         if start:
@@ -59,7 +73,7 @@ def count_regions(source: str) -> int:
 
 def main(names=MODULES):
     for name in names:
-        stub = make_stub((PACKAGE / f"{name}.py").read_text(), name)
+        stub = make_stub(source_file(name).read_text(), name)
         (HERE / f"{name}.py").write_text(stub)
         print(f"wrote lessons/exercises/{name}.py")
 
