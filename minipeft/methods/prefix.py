@@ -33,7 +33,9 @@ hands it to the decoder as ``past_key_values``: a self-attention cache and a cro
 cache. It then replaces the cross-attention cache by an empty one (so the encoder output can fill
 it), which discards the cross-attention half. What remains is a prefix on the decoder
 self-attention only, nothing on the encoder: ``prefix_on=("decoder",)`` here, with the same
-parameter count. One difference stays: ``peft``'s prefix lives in the generation cache, so
+parameter count. (The table is doubled along its layer axis and regrouped four slots per layer,
+so decoder layer l reads the rows of layer 2l mod L: with an even L, half of ``peft``'s table is
+never used.) One difference stays: ``peft``'s prefix lives in the generation cache, so
 ``transformers`` treats it as m earlier tokens: T5 adds its relative position bias to the prefix
 columns (the decoder tokens sit at positions m, m+1, …) and GPT-2 shifts its learned positions
 by m. Our prefix has no position (F5.3 adds keys and values, nothing else): its columns get no
