@@ -7,8 +7,9 @@ with ``raise NotImplementedError("exercise: <hint>")`` and writes the copy here,
     python lessons/exercises/make.py           # regenerate every stub
     pytest tests/test_attention.py --exercise attention   # test your version of attention.py
 
-A module inside a subpackage is named with dots: ``optim.adam`` is ``minipeft/optim/adam.py``, its
-stub ``lessons/exercises/optim.adam.py``, and its tests the file named in ``TEST_FILES``.
+A module inside a subpackage is named with dots: ``methods.prompt`` is ``minipeft/methods/prompt.py``,
+its stub ``lessons/exercises/methods.prompt.py``, its tests ``tests/test_prompt.py`` (or the file
+named in ``TEST_FILES``).
 
 ``tests/test_exercises.py`` checks that the stubs are up to date and that the tests catch them.
 """
@@ -21,8 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent.parent / "minipeft"
-MODULES = ("attention", "t5", "optim.adam", "optim.adafactor")
-TEST_FILES = {"optim.adam": "tests/test_optim.py", "optim.adafactor": "tests/test_optim.py"}  # else tests/test_<name>.py
+MODULES = ("attention", "t5", "optim.adam", "optim.adafactor", "methods.prompt", "methods.prefix", "methods.ptuning")
+# The tests of a module are tests/test_<last part of its name>.py, unless listed here.
+TEST_FILES = {"optim.adam": "tests/test_optim.py", "optim.adafactor": "tests/test_optim.py"}
 
 START = re.compile(r"^(?P<indent>\s*)# exercise: (?P<hint>.+)$")
 END = re.compile(r"^\s*# end exercise\s*$")
@@ -40,7 +42,7 @@ def source_path(name: str) -> Path:
 
 def test_file(name: str) -> str:
     """The test file that checks module ``name``, relative to the repository root."""
-    return TEST_FILES.get(name, f"tests/test_{name}.py")
+    return TEST_FILES.get(name, f"tests/test_{name.rsplit('.', 1)[-1]}.py")
 
 
 def make_stub(source: str, name: str, only: int | None = None) -> str:

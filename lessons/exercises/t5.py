@@ -313,6 +313,10 @@ class T5Model(GenerationMixin, nn.Module):
                            dtype=torch.long, device=encoder_out.device)
         return state, start
 
+    def decoding_layers(self):
+        """What runs at every decoding step (the encoder runs once, in ``start_decoding``)."""
+        return self.decoder
+
     def decode_step(self, state, tokens):
         """Feed new decoder tokens (B, t); return the next-token logits (B, V)."""
         logits = self.decode(tokens, state["encoder_out"], state["attention_mask"],

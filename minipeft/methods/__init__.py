@@ -10,6 +10,7 @@ from .registry import METHODS, get_peft, method_names, register
 
 # Importing a method module registers it.
 from . import full, probe  # noqa: E402,F401  (isort: skip)
+from . import prefix, prompt, ptuning, ptuning_v2  # noqa: E402,F401  (isort: skip)
 
 __all__ = ["PeftModel", "METHODS", "get_peft", "method_names", "register", "count_parameters",
            "trainable_report", "save_trained", "load_trained", "base_fingerprint"]

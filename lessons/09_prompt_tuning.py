@@ -1,0 +1,141 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+# ---
+
+# %% [markdown]
+# # Lesson 9 — Prompt tuning
+#
+# Prompt tuning (Lester et al. 2021) freezes the whole model and trains only a few *soft tokens*:
+# vectors as wide as a token embedding, put in front of the input. The model reads them like
+# words that are not in its vocabulary. From `../shared/FORMULAS.md`:
+#
+#     F2.1  X' = [P; X] ∈ R^{(m+n)×C},  P ∈ R^{m×C};  only P trains: m·C parameters
+#           (T5-XXL, C = 4096, m = 5 → 20,480)
+#     F2.2  init: random; from the 5,000 most frequent vocabulary tokens; from the class-label words
+#     F2.3  length 1–200, about 20 is usually enough
+#
+# The code is `minipeft/methods/prompt.py`. Shape legend: `B` batch, `n` input tokens, `m` prompt
+# tokens, `C` width, `V` vocabulary. `MINIPEFT_FAST=1` makes every run below small.
+
+# %%
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+# Make the repository root (for minipeft) and this folder (for copy_or_reverse) importable.
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import copy_or_reverse as task  # noqa: E402
+from minipeft import T5Config, T5Model, get_peft  # noqa: E402
+from minipeft.methods import count_parameters  # noqa: E402
+from minipeft.methods.prompt import prepend_prompt  # noqa: E402
+
+FAST = os.environ.get("MINIPEFT_FAST") == "1"
+torch.manual_seed(0)
+torch.set_num_threads(1)
+
+# %% [markdown]
+# ## 1. The seam: input embeddings
+#
+# The model offers `inputs_embeds` as an input: instead of ids, give it the vectors its
+# embedding table would have produced. A method overrides `model_inputs` to rewrite the inputs
+# before the model sees them. Prompt tuning's rewrite is F2.1, one concatenation, plus the
+# attention mask: m ones in front, so every token may look at the prompt.
+
+# %%
+print(inspect.getsource(prepend_prompt))
+
+# %% [markdown]
+# `prompt.expand(batch, m, -1)` makes the (m, C) parameter look like (B, m, C) without copying
+# it: every row of the batch reads the same memory, and the gradients of all rows add up in P.
+
+# %%
+base = task.pretrain(steps=300 if FAST else 800)
+peft = get_peft(base, "prompt", num_virtual_tokens=4)
+ids = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+inputs = peft.model_inputs(input_ids=ids, attention_mask=mask)
+print("input_ids", tuple(ids.shape), "→ inputs_embeds", tuple(inputs["inputs_embeds"].shape))
+print("attention_mask\n", inputs["attention_mask"])
+print(peft.trainable_report())
+
+# %% [markdown]
+# On T5 the prompt goes in front of the *encoder* input; the decoder is untouched. On GPT there
+# is one stack, so the prompt goes in front of its input, and generation continues after
+# `[P; x]`. GPT's learned position table then has m fewer rows left for the text:
+# `get_peft(gpt, "prompt", num_virtual_tokens=m)` refuses an m that leaves no room, and a forward
+# refuses m + n > `n_positions`.
+#
+# ## 2. Counting (F2.1)
+#
+# m·C, whatever the depth of the model. The document's example, a T5 as wide as T5-XXL
+# (C = 4096) with a prompt of 5 tokens (every other size is shrunk: the count does not depend on it):
+
+# %%
+wide = T5Model(T5Config(vocab_size=8, d_model=4096, d_kv=2, d_ff=2, num_layers=1, num_decoder_layers=1,
+                        num_heads=1, relative_attention_num_buckets=4))
+print("trainable:", count_parameters(get_peft(wide, "prompt", num_virtual_tokens=5))[0], "= 5 × 4096")
+del wide
+
+# %% [markdown]
+# The reference library `peft` reports twice that on an encoder-decoder: it allocates 2·m prompt
+# rows (`num_transformer_submodules=2`) and uses only the first m. Same function, same trained
+# values, a different count (tests/test_prompt.py pins both, and checks our logits against
+# peft's to 1e-4 on T5 and GPT-2).
+#
+# ## 3. Experiment: can four vectors say "reverse"?
+#
+# The base was pretrained from scratch (lessons/copy_or_reverse.py) to copy or reverse a string
+# of letters, depending on a task word in front. Now we hide the task word. Without it the
+# frozen base guesses; a prompt trained on reversal examples has to learn to stand in for the
+# missing word.
+
+# %%
+method_steps = 80 if FAST else 300
+print(f"base with the task word:     reverse {task.accuracy(base, task_word=True):.0%}, "
+      f"copy {task.accuracy(base, 'copy', task_word=True):.0%}")
+print(f"base without the task word:  reverse {task.accuracy(base):.0%}")
+results = {}
+for init, options in (("random", {}), ("text", {"prompt_tuning_init_token_ids": (task.REVERSE,)})):
+    generator = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    peft = get_peft(task.pretrain(steps=300 if FAST else 800), "prompt", num_virtual_tokens=4,
+                    prompt_tuning_init=init, **options)
+    start = task.accuracy(peft)
+    task.train(peft, method_steps, 0.3, generator, "reverse", task_word=False)
+    results[init] = peft
+    print(f"prompt tuning, init {init!r:8}: reverse {start:.0%} before, {task.accuracy(peft):.0%} after "
+          f"{method_steps} steps ({count_parameters(peft)[0]} parameters)")
+
+# %% [markdown]
+# The "text" init (F2.2, from the class-label words) copies the embedding of the word REVERSE
+# into each of the four prompt vectors: the model starts by reading "REVERSE REVERSE REVERSE
+# REVERSE", which is already close to the instruction it was pretrained on. A random prompt
+# has to find its way there. (Prompt tuning wants a large learning rate, here 0.3: the few
+# parameters move the whole model only through the attention it pays to them.)
+#
+# Generation goes through the same seam: `peft.generate` prepends the prompt and the model's
+# own decoding loop does the rest. `peft.disabled()` gives back the untouched base.
+
+# %%
+peft = results["text"]
+source = torch.tensor([[5, 6, 7, 8, 9, 1]])
+letters = "abcdefgh"
+show = lambda ids: " ".join(letters[i - task.FIRST_LETTER] for i in ids.tolist() if i >= task.FIRST_LETTER)  # noqa: E731
+print("input:          ", show(source[0]))
+print("with the prompt:", show(peft.generate(source, max_new_tokens=6)[0]))
+with peft.disabled():
+    print("base, no prompt:", show(peft.generate(source, max_new_tokens=6)[0]))
+
+# %% [markdown]
+# ## 4. Exercise
+#
+# `lessons/exercises/methods.prompt.py` is `prompt.py` with F2.1 taken out. Write it, then:
+#
+#     pytest tests/test_prompt.py --exercise methods.prompt
