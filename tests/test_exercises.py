@@ -1,8 +1,9 @@
 """The tests are exercises: each stub in lessons/exercises/ must be current and must fail its tests.
 
-The reference passing is the rest of the suite. Here each exercise region is removed *on its
-own* and the module's tests are run against that copy: every region must make some test fail,
-so no part of an exercise can be left unwritten and still pass.
+The reference passing is the rest of the suite. Here the module's tests run against its stub and
+must fail on an exercise. The slow check (``pytest -m slow``) goes further: each exercise region is
+removed *on its own*, and every region must make some test fail, so no part of an exercise can
+be left unwritten and still pass.
 """
 
 import os
@@ -26,13 +27,26 @@ def test_stub_is_current(name):
     assert (make.HERE / f"{name}.py").read_text() == stub, "run: python lessons/exercises/make.py"
 
 
+def run_tests_against(name, exercise_dir):
+    """Run module ``name``'s tests with its copy from ``exercise_dir``; return the pytest process."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", make.test_file(name), "--exercise", name, "-x", "-q",
+         "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MINIPEFT_EXERCISE_DIR": str(exercise_dir)},
+    )
+
+
+@pytest.mark.parametrize("name", make.MODULES)
+def test_the_stub_fails_its_tests(name):
+    result = run_tests_against(name, make.HERE)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "NotImplementedError: exercise:" in result.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name, region", REGIONS)
 def test_tests_catch_each_missing_piece(name, region, tmp_path):
     (tmp_path / f"{name}.py").write_text(make.make_stub(make.source_path(name).read_text(), name, only=region))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", make.test_file(name), "--exercise", name, "-x", "-q",
-         "-p", "no:cacheprovider"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MINIPEFT_EXERCISE_DIR": str(tmp_path)},
-    )
+    result = run_tests_against(name, tmp_path)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "NotImplementedError: exercise:" in result.stdout
