@@ -3,7 +3,8 @@
 Exercises. ``pytest tests/test_attention.py --exercise attention`` runs the attention tests
 against the learner's copy ``lessons/exercises/attention.py`` instead of ``minipeft/attention.py``.
 The copy is imported *as* ``minipeft.attention`` before anything else imports minipeft, so the
-models built in the tests use the learner's code too.
+models built in the tests use the learner's code too. Method exercises stand in for their module under
+minipeft/methods/ (``--exercise lora`` → ``minipeft.methods.lora``; the table is in make.py).
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ def pytest_addoption(parser):
                      help="run the tests against lessons/exercises/MODULE.py instead of minipeft/MODULE.py")
 
 
+def exercise_modules() -> dict[str, str]:
+    """Exercise name → module under minipeft (``lora`` → ``methods.lora``): the table in make.py."""
+    spec = importlib.util.spec_from_file_location("exercise_make", ROOT / "lessons" / "exercises" / "make.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    return make.MODULES
+
+
 class ExerciseFinder(importlib.abc.MetaPathFinder):
-    """Import ``minipeft.<name>`` from ``lessons/exercises/<name>.py`` for the chosen names."""
+    """Import ``minipeft.<module>`` from ``lessons/exercises/<name>.py`` for the chosen names."""
 
     def __init__(self, names):
-        self.files = {f"minipeft.{name}": EXERCISES / f"{name}.py" for name in names}
+        modules = exercise_modules()
+        self.files = {f"minipeft.{modules[name]}": EXERCISES / f"{name}.py" for name in names}
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in self.files:

@@ -18,38 +18,51 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent.parent / "minipeft"
-MODULES = ("attention", "t5")
+# Exercise name → the module under minipeft/ it copies; its tests are tests/test_<name>.py.
+MODULES = {
+    "attention": "attention",
+    "t5": "t5",
+    "lora": "methods.lora",
+    "adapter": "methods.adapter",
+    "bitfit": "methods.bitfit",
+}
 
 START = re.compile(r"^(?P<indent>\s*)# exercise: (?P<hint>.+)$")
 END = re.compile(r"^\s*# end exercise\s*$")
 
-HEADER = '''# EXERCISE COPY of minipeft/{name}.py: fill in every `raise NotImplementedError("exercise: …")`.
+HEADER = '''# EXERCISE COPY of minipeft/{path}: fill in every `raise NotImplementedError("exercise: …")`.
 # Check your work with:   pytest tests/test_{name}.py --exercise {name}
 # Start over with:        python lessons/exercises/make.py
 '''
 
 
+def module_file(name: str) -> Path:
+    """The reference module of exercise ``name``: ``lora`` → minipeft/methods/lora.py."""
+    return PACKAGE / (MODULES[name].replace(".", "/") + ".py")
+
+
 def make_stub(source: str, name: str, only: int | None = None) -> str:
     """The reference source with each exercise region (or just region number ``only``) replaced
     by a NotImplementedError."""
-    out, inside, region = [HEADER.format(name=name)], False, -1
+    path = module_file(name).relative_to(PACKAGE).as_posix()
+    out, inside, region = [HEADER.format(name=name, path=path)], False, -1
     for number, line in enumerate(source.splitlines(keepends=True), start=1):
         start = START.match(line)
         if start:
             if inside:
-                raise ValueError(f"minipeft/{name}.py:{number}: exercise regions cannot nest")
+                raise ValueError(f"minipeft/{path}:{number}: exercise regions cannot nest")
             inside, region = True, region + 1
             hint = start["hint"].replace('"', "'")
             if only is None or only == region:
                 out.append(f'{start["indent"]}raise NotImplementedError("exercise: {hint}")\n')
         elif END.match(line):
             if not inside:
-                raise ValueError(f"minipeft/{name}.py:{number}: '# end exercise' without a start")
+                raise ValueError(f"minipeft/{path}:{number}: '# end exercise' without a start")
             inside = False
         elif not inside or (only is not None and only != region):
             out.append(line)
     if inside:
-        raise ValueError(f"minipeft/{name}.py: an exercise region is never closed")
+        raise ValueError(f"minipeft/{path}: an exercise region is never closed")
     return "".join(out)
 
 
@@ -59,10 +72,10 @@ def count_regions(source: str) -> int:
 
 def main(names=MODULES):
     for name in names:
-        stub = make_stub((PACKAGE / f"{name}.py").read_text(), name)
+        stub = make_stub(module_file(name).read_text(), name)
         (HERE / f"{name}.py").write_text(stub)
         print(f"wrote lessons/exercises/{name}.py")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or MODULES)
+    main(sys.argv[1:] or list(MODULES))
