@@ -261,6 +261,8 @@ def test_save_then_load_reproduces_the_outputs(kind, tmp_path):
 
 
 def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="target_modules is empty"):
+        get_peft(tiny("t5"), "lora", target_modules=[])
     with pytest.raises(ValueError, match="r \\(the LoRA rank\\) must be a positive integer"):
         get_peft(tiny("t5"), "lora", r=0)
     with pytest.raises(ValueError, match="lora_dropout must be in"):

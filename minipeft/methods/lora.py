@@ -126,6 +126,8 @@ def find_targets(model: nn.Module, target: str | tuple[str, ...]) -> list[str]:
     names = linear_layer_names(model)
     chosen = [name for name in names if matches(name, target)]
     entries = [target] if isinstance(target, str) else target
+    if not entries:
+        raise ValueError("target_modules is empty: name the linear layers LoRA should wrap, e.g. ['q', 'v']")
     unmatched = [entry for entry in entries if not any(matches(name, entry if isinstance(target, str) else (entry,))
                                                        for name in names)]
     if unmatched:
