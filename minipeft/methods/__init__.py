@@ -9,7 +9,7 @@ from .base import PeftModel, base_fingerprint, count_parameters, load_trained, s
 from .registry import METHODS, get_peft, method_names, register
 
 # Importing a method module registers it.
-from . import full, probe  # noqa: E402,F401  (isort: skip)
+from . import adapter, bitfit, full, lora, probe  # noqa: E402,F401  (isort: skip)
 from . import prefix, prompt, ptuning, ptuning_v2  # noqa: E402,F401  (isort: skip)
 
 __all__ = ["PeftModel", "METHODS", "get_peft", "method_names", "register", "count_parameters",

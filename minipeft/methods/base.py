@@ -53,10 +53,21 @@ class PeftModel(nn.Module):
         if self.freezes_base:
             model.requires_grad_(False)
         self.enabled = True
+        self._base_values: list[tuple[nn.Parameter, torch.Tensor]] = []  # see train_in_place
         self.attach()
 
     def attach(self):
         """Add the method's parameters to the model (or to ``self``). Subclasses override."""
+
+    @torch.no_grad()
+    def train_in_place(self, parameters):
+        """Train these parameters *of the base model* (BitFit's biases, adapters' layer norms).
+
+        Their present values are the base's: a copy is kept so that ``disabled()`` can still run the
+        untouched base (it swaps the copies in, and the trained values back afterwards)."""
+        for param in parameters:
+            param.requires_grad_(True)
+            self._base_values.append((param, param.detach().clone()))
 
     # -- called like the model ---------------------------------------------------------------------
     @property
@@ -83,10 +94,20 @@ class PeftModel(nn.Module):
 
     # -- switching off, merging --------------------------------------------------------------------
     def set_enabled(self, enabled: bool):
+        if enabled != self.enabled:
+            self._swap_base_values()
         self.enabled = enabled
         for module in self.modules():
             if isinstance(module, MethodLayer):
                 module.enabled = enabled
+
+    @torch.no_grad()
+    def _swap_base_values(self):
+        """Exchange the trained values of in-place-trained base parameters with the kept ones."""
+        for param, kept in self._base_values:
+            current = param.detach().clone()
+            param.copy_(kept)
+            kept.copy_(current)
 
     @contextmanager
     def disabled(self):
