@@ -170,7 +170,7 @@ print(f"after unmerge, max |W − W_0| = {restored:.1e}")
 #
 # ## Exercise
 #
-# `lessons/exercises/lora.py` is `minipeft/methods/lora.py` with the formula lines taken out
+# `lessons/exercises/methods.lora.py` is `minipeft/methods/lora.py` with the formula lines taken out
 # (the initialisation, `ΔW`, and the forward). Fill them in, then run
 #
 #     pytest tests/test_lora.py --exercise methods.lora

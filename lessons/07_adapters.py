@@ -162,7 +162,7 @@ with torch.no_grad():
 #
 # ## Exercise
 #
-# `lessons/exercises/adapter.py` is `minipeft/methods/adapter.py` without the initialisation and
+# `lessons/exercises/methods.adapter.py` is `minipeft/methods/adapter.py` without the initialisation and
 # the forward formula. Fill them in, then run
 #
 #     pytest tests/test_adapter.py --exercise methods.adapter

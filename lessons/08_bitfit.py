@@ -142,7 +142,7 @@ for method, options in (("bitfit", {}), ("lora", dict(r=2, lora_alpha=4))):
 # %% [markdown]
 # ## Exercise
 #
-# `lessons/exercises/bitfit.py` is `minipeft/methods/bitfit.py` without the line that picks the
+# `lessons/exercises/methods.bitfit.py` is `minipeft/methods/bitfit.py` without the line that picks the
 # biases. Write it, then run
 #
 #     pytest tests/test_bitfit.py --exercise methods.bitfit
