@@ -69,31 +69,49 @@ class KVCache:
 
     Self-attention appends the new token's key/value at every step. Cross-attention stores the
     encoder's keys/values once (``frozen=True`` after the first call) and reuses them.
+
+    Storage is a buffer with room to spare, doubled when full, so a step writes only its new
+    rows instead of copying every earlier key and value into a new tensor (``torch.cat``).
     """
 
     def __init__(self):
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
+        self.key_buffer: torch.Tensor | None = None    # (B, H, capacity, D)
+        self.value_buffer: torch.Tensor | None = None
+        self.length = 0
         self.frozen = False
 
     @property
-    def length(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+    def keys(self):
+        return None if self.key_buffer is None else self.key_buffer[:, :, :self.length]      # (B, H, S, D)
+
+    @property
+    def values(self):
+        return None if self.value_buffer is None else self.value_buffer[:, :, :self.length]  # (B, H, S, D)
 
     def append(self, keys, values):
         """Add (B, H, T, D) new keys/values; return all of them, (B, H, S_past + T, D)."""
-        if self.keys is None:
-            self.keys, self.values = keys, values
-        else:
-            self.keys = torch.cat([self.keys, keys], dim=2)
-            self.values = torch.cat([self.values, values], dim=2)
+        new_length = self.length + keys.shape[2]
+        if self.key_buffer is None or new_length > self.key_buffer.shape[2]:
+            self._grow(keys, capacity=max(2 * new_length, 16))
+        self.key_buffer[:, :, self.length:new_length] = keys
+        self.value_buffer[:, :, self.length:new_length] = values
+        self.length = new_length
         return self.keys, self.values
+
+    def _grow(self, like, capacity: int):
+        batch, heads, _, head_dim = like.shape
+        key_buffer = like.new_empty(batch, heads, capacity, head_dim)
+        value_buffer = like.new_empty(batch, heads, capacity, head_dim)
+        if self.key_buffer is not None:
+            key_buffer[:, :, :self.length] = self.keys
+            value_buffer[:, :, :self.length] = self.values
+        self.key_buffer, self.value_buffer = key_buffer, value_buffer
 
     def reorder(self, batch_index):
         """Keep rows ``batch_index`` (beam search picks which hypotheses survive)."""
-        if self.keys is not None:
-            self.keys = self.keys.index_select(0, batch_index)
-            self.values = self.values.index_select(0, batch_index)
+        if self.key_buffer is not None:
+            self.key_buffer = self.key_buffer.index_select(0, batch_index)
+            self.value_buffer = self.value_buffer.index_select(0, batch_index)
 
 
 def prepend_prefix(keys, values, prefix_kv):
