@@ -221,6 +221,12 @@ def global_batch_indices(step: int, batch_size: int, n_examples: int, seed: int)
     return indices
 
 
+def process_share(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """This process's contiguous 1/world_size of the global batch."""
+    per_process = len(indices) // world_size
+    return indices[rank * per_process:(rank + 1) * per_process]
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 1009 + rank
 
@@ -415,7 +421,6 @@ class Run:
             model = nn.parallel.DistributedDataParallel(
                 self.peft, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         shift_right = self.peft.model.shift_right if self.peft.is_encoder_decoder else None
-        per_process = c.batch_size // distributed.world_size
         self.describe()
         self.peft.train()
         progress = tqdm(total=c.steps, initial=self.step, desc="training", disable=not distributed.is_main,
@@ -425,7 +430,7 @@ class Run:
                 started = time.perf_counter()
                 torch.manual_seed(step_seed(c.seed, self.step, distributed.rank))
                 indices = global_batch_indices(self.step, c.batch_size, len(self.data.train), c.seed)
-                mine = indices[distributed.rank * per_process:(distributed.rank + 1) * per_process]
+                mine = process_share(indices, distributed.rank, distributed.world_size)
                 batch = self.batcher.training_batch([self.data.train[i] for i in mine])
                 batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
                 with self.precision.autocast():
