@@ -17,20 +17,20 @@ sys.path.insert(0, str(ROOT / "lessons" / "exercises"))
 import make  # noqa: E402  (lessons/exercises/make.py)
 
 REGIONS = [(name, region) for name in make.MODULES
-           for region in range(make.count_regions((make.PACKAGE / f"{name}.py").read_text()))]
+           for region in range(make.count_regions(make.source_path(name).read_text()))]
 
 
 @pytest.mark.parametrize("name", make.MODULES)
 def test_stub_is_current(name):
-    stub = make.make_stub((make.PACKAGE / f"{name}.py").read_text(), name)
+    stub = make.make_stub(make.source_path(name).read_text(), name)
     assert (make.HERE / f"{name}.py").read_text() == stub, "run: python lessons/exercises/make.py"
 
 
 @pytest.mark.parametrize("name, region", REGIONS)
 def test_tests_catch_each_missing_piece(name, region, tmp_path):
-    (tmp_path / f"{name}.py").write_text(make.make_stub((make.PACKAGE / f"{name}.py").read_text(), name, only=region))
+    (tmp_path / f"{name}.py").write_text(make.make_stub(make.source_path(name).read_text(), name, only=region))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", f"tests/test_{name}.py", "--exercise", name, "-x", "-q",
+        [sys.executable, "-m", "pytest", make.test_file(name), "--exercise", name, "-x", "-q",
          "-p", "no:cacheprovider"],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MINIPEFT_EXERCISE_DIR": str(tmp_path)},
     )

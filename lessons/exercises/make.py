@@ -7,6 +7,9 @@ with ``raise NotImplementedError("exercise: <hint>")`` and writes the copy here,
     python lessons/exercises/make.py           # regenerate every stub
     pytest tests/test_attention.py --exercise attention   # test your version of attention.py
 
+A module inside a subpackage is named with dots: ``optim.adam`` is ``minipeft/optim/adam.py``, its
+stub ``lessons/exercises/optim.adam.py``, and its tests the file named in ``TEST_FILES``.
+
 ``tests/test_exercises.py`` checks that the stubs are up to date and that the tests catch them.
 """
 
@@ -18,38 +21,50 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent.parent / "minipeft"
-MODULES = ("attention", "t5")
+MODULES = ("attention", "t5", "optim.adam", "optim.adafactor")
+TEST_FILES = {"optim.adam": "tests/test_optim.py", "optim.adafactor": "tests/test_optim.py"}  # else tests/test_<name>.py
 
 START = re.compile(r"^(?P<indent>\s*)# exercise: (?P<hint>.+)$")
 END = re.compile(r"^\s*# end exercise\s*$")
 
-HEADER = '''# EXERCISE COPY of minipeft/{name}.py: fill in every `raise NotImplementedError("exercise: …")`.
-# Check your work with:   pytest tests/test_{name}.py --exercise {name}
+HEADER = '''# EXERCISE COPY of {path}: fill in every `raise NotImplementedError("exercise: …")`.
+# Check your work with:   pytest {tests} --exercise {name}
 # Start over with:        python lessons/exercises/make.py
 '''
+
+
+def source_path(name: str) -> Path:
+    """The reference module: ``minipeft/attention.py`` for ``attention``, ``minipeft/optim/adam.py`` for ``optim.adam``."""
+    return PACKAGE.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def test_file(name: str) -> str:
+    """The test file that checks module ``name``, relative to the repository root."""
+    return TEST_FILES.get(name, f"tests/test_{name}.py")
 
 
 def make_stub(source: str, name: str, only: int | None = None) -> str:
     """The reference source with each exercise region (or just region number ``only``) replaced
     by a NotImplementedError."""
-    out, inside, region = [HEADER.format(name=name)], False, -1
+    path = source_path(name).relative_to(PACKAGE.parent).as_posix()
+    out, inside, region = [HEADER.format(path=path, tests=test_file(name), name=name)], False, -1
     for number, line in enumerate(source.splitlines(keepends=True), start=1):
         start = START.match(line)
         if start:
             if inside:
-                raise ValueError(f"minipeft/{name}.py:{number}: exercise regions cannot nest")
+                raise ValueError(f"{path}:{number}: exercise regions cannot nest")
             inside, region = True, region + 1
             hint = start["hint"].replace('"', "'")
             if only is None or only == region:
                 out.append(f'{start["indent"]}raise NotImplementedError("exercise: {hint}")\n')
         elif END.match(line):
             if not inside:
-                raise ValueError(f"minipeft/{name}.py:{number}: '# end exercise' without a start")
+                raise ValueError(f"{path}:{number}: '# end exercise' without a start")
             inside = False
         elif not inside or (only is not None and only != region):
             out.append(line)
     if inside:
-        raise ValueError(f"minipeft/{name}.py: an exercise region is never closed")
+        raise ValueError(f"{path}: an exercise region is never closed")
     return "".join(out)
 
 
@@ -59,7 +74,7 @@ def count_regions(source: str) -> int:
 
 def main(names=MODULES):
     for name in names:
-        stub = make_stub((PACKAGE / f"{name}.py").read_text(), name)
+        stub = make_stub(source_path(name).read_text(), name)
         (HERE / f"{name}.py").write_text(stub)
         print(f"wrote lessons/exercises/{name}.py")
 
