@@ -17,7 +17,7 @@ import ast
 import sys
 
 from minipeft.methods import method_names
-from minipeft.optim import OPTIMIZERS, PRECISIONS
+from minipeft.optim import OPTIMIZERS, PRECISIONS, SCHEDULES
 from minipeft.training import DEFAULT_LR, FALLBACK_LR, HF_BASES, TINY_BASES, TrainConfig, TrainingError, \
     config_for_resume, run
 
@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--lr", type=float, help=f"peak learning rate (default per method: {lr_table}; "
                      f"others {FALLBACK_LR:g})")
     how.add_argument("--warmup", type=int, help="linear warmup steps (default steps/10, at most 30)")
-    how.add_argument("--schedule", choices=("cosine", "constant"),
-                     help=f"after warmup: cosine to 10%% or constant (default {DEFAULTS.schedule})")
+    how.add_argument("--schedule", choices=SCHEDULES,
+                     help=f"after warmup: cosine or linear decay to 10%%, or constant (default {DEFAULTS.schedule})")
     how.add_argument("--optim", choices=OPTIMIZERS, help=f"optimiser (default {DEFAULTS.optim})")
     how.add_argument("--weight-decay", type=float, help=f"(default {DEFAULTS.weight_decay})")
     how.add_argument("--clip", type=float, help=f"clip the global gradient norm at this (default {DEFAULTS.clip}; "

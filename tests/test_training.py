@@ -235,3 +235,14 @@ def test_two_processes_match_one_with_the_same_global_batch(t5_dir, task, tmp_pa
     assert set(trained_one) == set(trained_two)
     for name in trained_one:
         torch.testing.assert_close(trained_two[name], trained_one[name], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, optim", [("bf16", "adamw"), ("fp16", "adam"), ("fp32", "adafactor"), ("fp32", "sgd")])
+def test_every_precision_and_optimiser_trains(t5_dir, task, tmp_path, dtype, optim):
+    record = run(config(t5_dir, task, tmp_path, steps=3, dtype=dtype, optim=optim, lr=1e-2), log=quiet)
+    assert (record["dtype"], record["optim"], record["steps"]) == (dtype, optim, 3)
+    assert all(torch.isfinite(torch.tensor(record["losses"])))
+    assert record["skipped_steps"] >= 0 if dtype == "fp16" else record["skipped_steps"] == 0
+    if dtype == "fp16":   # the checkpoint holds the fp16 model's tensors; state.pt the fp32 masters
+        state = torch.load(tmp_path / "state.pt", weights_only=True)
+        assert state["masters"][0].dtype == torch.float32 and state["scaler"]["scale"] > 0
