@@ -63,7 +63,7 @@ PEFT_FILE, STATE_FILE, METRICS_FILE, EVAL_FILE = "peft.safetensors", "state.pt",
 # given. Methods that train few parameters far from the output (prompts, prefixes) need larger
 # steps than those that adjust existing weights; full fine-tuning the smallest.
 DEFAULT_LR = {"full": 3e-4, "probe": 3e-3, "bitfit": 3e-3, "lora": 1e-3, "adapter": 1e-3,
-              "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2, "ptuning2": 1e-2}
+              "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2, "ptuning_v2": 1e-2}
 FALLBACK_LR = 1e-3
 
 

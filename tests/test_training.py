@@ -242,7 +242,24 @@ def test_every_precision_and_optimiser_trains(t5_dir, task, tmp_path, dtype, opt
     record = run(config(t5_dir, task, tmp_path, steps=3, dtype=dtype, optim=optim, lr=1e-2), log=quiet)
     assert (record["dtype"], record["optim"], record["steps"]) == (dtype, optim, 3)
     assert all(torch.isfinite(torch.tensor(record["losses"])))
-    assert record["skipped_steps"] >= 0 if dtype == "fp16" else record["skipped_steps"] == 0
-    if dtype == "fp16":   # the checkpoint holds the fp16 model's tensors; state.pt the fp32 masters
+    if dtype != "fp16":
+        assert record["skipped_steps"] == 0   # only fp16's loss scaler skips steps
+    else:   # the checkpoint holds the fp16 model's tensors; state.pt the fp32 masters
         state = torch.load(tmp_path / "state.pt", weights_only=True)
         assert state["masters"][0].dtype == torch.float32 and state["scaler"]["scale"] > 0
+
+
+def test_results_command_runs_each_configuration_and_prints_the_table(t5_dir, task, tmp_path, monkeypatch, capsys):
+    from minipeft import results, taskdata
+    monkeypatch.setattr(taskdata, "TASK_DIR", task.parent.parent)       # tasks/<name>/train.jsonl
+    code = results.main(["--methods", "full", "probe", "--models", "t5", "--weights", str(t5_dir), "--random-base",
+                         "--steps", "3", "--batch-size", "4", "--out", str(tmp_path)])
+    assert code == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [(r["method"], r["random_base"]) for r in runs] == [("full", False), ("probe", False), ("full", True),
+                                                                ("probe", True)]
+    assert all(r["task"] == "sentiment" and r["steps"] == 3 for r in runs)
+    table = capsys.readouterr().out.strip().splitlines()[-6:]
+    assert table[0].startswith("| method | base | task | trainable params | trainable % | checkpoint | test score")
+    assert len(table) == 6 and "| probe | t5 (random) | sentiment |" in table[-1]
+    assert (tmp_path / "results.md").read_text().strip().splitlines() == table
