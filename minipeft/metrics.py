@@ -17,8 +17,8 @@ not pay. No smoothing: a corpus without a single matching 4-gram scores 0. Text 
 words and punctuation marks (``"a café, near."`` → ``a café , near .``), case kept.
 
 **Slot coverage** (table-to-text): an E2E-style input ``name[The Eagle] | food[Italian]`` lists
-attribute values; the score is the fraction of all values, over the corpus, that appear in the
-generated sentence (case-insensitive substring match). BLEU rewards sounding like the references;
+attribute values; the score is the fraction of all values, over the corpus, that the generated
+sentence mentions (as whole words, ignoring case; or by a task's own phrases for a value). BLEU rewards sounding like the references;
 coverage checks that the sentence says what the table says.
 """
 
@@ -89,20 +89,36 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], max_order: i
     return brevity_penalty * math.exp(log_precision)
 
 
+def slots(table: str) -> list[tuple[str, str]]:
+    """``"name[The Eagle] | food[Italian]"`` → ``[("name", "The Eagle"), ("food", "Italian")]``."""
+    return [(key.strip(), value.strip()) for key, value in SLOT.findall(table) if value.strip()]
+
+
 def slot_values(table: str) -> list[str]:
     """``"name[The Eagle] | food[Italian]"`` → ``["The Eagle", "Italian"]``."""
-    return [value.strip() for _, value in SLOT.findall(table) if value.strip()]
+    return [value for _, value in slots(table)]
 
 
-def slot_coverage(tables: list[str], outputs: list[str]) -> float:
-    """Fraction of all attribute values of the tables that their outputs mention."""
+def mentions(text: str, phrase: str) -> bool:
+    """Whether ``phrase`` occurs in ``text`` as whole words, ignoring case ("no" is not in "not")."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, re.IGNORECASE) is not None
+
+
+def slot_coverage(tables: list[str], outputs: list[str], phrases=None) -> float:
+    """Fraction of all attribute values of the tables that their outputs mention.
+
+    A value counts as mentioned when the output contains it as whole words, or, when
+    ``phrases(key, value)`` is given, any of the phrases it returns (the embedded E2E task passes
+    ``world.slot_phrases``, which knows that ``familyFriendly[yes]`` is said "family friendly").
+    """
     if len(tables) != len(outputs):
         raise ValueError(f"{len(tables)} tables for {len(outputs)} outputs")
     mentioned = total = 0
     for table, output in zip(tables, outputs):
-        values = slot_values(table)
-        mentioned += sum(value.lower() in output.lower() for value in values)
-        total += len(values)
+        for key, value in slots(table):
+            said = phrases(key, value) if phrases is not None else (value,)
+            mentioned += any(mentions(output, phrase) for phrase in said)
+            total += 1
     if total == 0:
         raise ValueError("no attribute values (key[value]) in the inputs: slot coverage needs table inputs")
     return mentioned / total

@@ -74,6 +74,20 @@ def test_slot_values_and_coverage():
     assert slot_coverage([table, "name[Blue Door]"], outputs) == 2 / 4
 
 
+def test_slot_values_count_only_as_whole_words():
+    assert slot_coverage(["familyFriendly[no]"], ["It is not for children."]) == 0.0
+    assert slot_coverage(["familyFriendly[no]"], ["Children: no."]) == 1.0
+
+
+def test_slot_coverage_with_a_task_s_own_phrases():
+    def phrases(key, value):
+        return ("family friendly", "welcomes children") if (key, value) == ("familyFriendly", "yes") else (value,)
+    tables = ["name[Blue Door] | familyFriendly[yes]"] * 2
+    outputs = ["Blue Door welcomes children.", "Blue Door: yes."]
+    assert slot_coverage(tables, outputs, phrases) == 3 / 4
+    assert slot_coverage(tables, outputs) == 3 / 4                 # by value: the second says "yes"
+
+
 def test_slot_coverage_needs_tables():
     with pytest.raises(ValueError, match="slot coverage needs table inputs"):
         slot_coverage(["plain text"], ["output"])
