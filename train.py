@@ -16,6 +16,8 @@ import argparse
 import ast
 import sys
 
+import torch
+
 from minipeft.methods import method_names
 from minipeft.optim import OPTIMIZERS, PRECISIONS, SCHEDULES
 from minipeft.training import DEFAULT_LR, FALLBACK_LR, HF_BASES, TINY_BASES, TrainConfig, TrainingError, \
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--eval-every", type=int, help=f"dev evaluation and checkpoint every N steps "
                      f"(default {DEFAULTS.eval_every})")
     how.add_argument("--eval-examples", type=int, help=f"dev examples per evaluation (default {DEFAULTS.eval_examples})")
+    how.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; on a machine "
+                     "shared with other jobs, 1 is often fastest for the tiny bases)")
     files = parser.add_argument_group("checkpoints")
     files.add_argument("--out", metavar="DIR", help=f"where to write metrics.json and the checkpoint "
                        f"(default {DEFAULTS.out}; with --resume, the resumed directory)")
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None, bool]:
     given = vars(args).copy()
     resume, eval_only = given.pop("resume", None), given.pop("eval_only", False)
+    given.pop("threads", None)
     if "options" in given:
         given["options"] = dict(given["options"])
     if given.get("clip") == 0:
@@ -116,6 +121,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None,
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         config, resume, eval_only = config_from_args(args)
         record = run(config, resume=resume, eval_only=eval_only)
