@@ -98,6 +98,15 @@ class TrainConfig:
     max_length: int | None = None                 # None: the model's limit (GPT) or 512 (T5)
     out: str = "out"
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "eval_examples"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise TrainingError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr is not None and not self.lr > 0:
+            raise TrainingError(f"the learning rate must be positive, got {self.lr}")
+
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(self.method, FALLBACK_LR)
@@ -411,9 +420,12 @@ class Run:
     # -- the loop ---------------------------------------------------------------------------------
     def train(self) -> dict:
         c, distributed = self.config, self.distributed
-        optimizer = build_optimizer(c.optim, self.precision.parameters(), lr=c.learning_rate,
-                                    weight_decay=c.weight_decay)
-        schedule = build_schedule(c.schedule, optimizer, c.warmup_steps, c.steps)
+        try:
+            optimizer = build_optimizer(c.optim, self.precision.parameters(), lr=c.learning_rate,
+                                        weight_decay=c.weight_decay)
+            schedule = build_schedule(c.schedule, optimizer, c.warmup_steps, c.steps)
+        except ValueError as error:   # e.g. warmup longer than the run
+            raise TrainingError(str(error)) from None
         if self.resume is not None:
             self.restore(optimizer, schedule)
         model = self.peft

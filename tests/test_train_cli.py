@@ -134,6 +134,12 @@ def test_eval_only_without_resume_is_refused(capsys):
     assert code == 2 and "--eval-only needs --resume DIR" in stderr
 
 
+def test_warmup_longer_than_the_run_is_refused(t5_dir, task, tmp_path, capsys):
+    code, _, stderr = train_here(capsys, "--method", "probe", "--model", "t5", "--weights", t5_dir, "--data", task,
+                                 "--steps", 5, "--warmup", 5, "--out", tmp_path)
+    assert code == 2 and "total_steps (5) must be greater than warmup_steps (5)" in stderr
+
+
 def test_gpt2_checkpoint_end_to_end(task, tmp_path_factory, tmp_path, capsys):
     directory = make_gpt2_checkpoint(reference("transformers"), reference("tokenizers"), tmp_path_factory.mktemp("g"))
     code, stdout, stderr = train_here(capsys, "--method", "full", "--model", "gpt2", "--weights", directory,
