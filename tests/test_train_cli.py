@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, reference
-from tiny_runs import make_gpt2_checkpoint, make_t5_checkpoint, write_task
+from tiny_runs import make_gpt2_checkpoint, t5_dir, task  # noqa: F401 (fixtures)
 
 REQUIRED_KEYS = {"method", "model", "task", "trainable_params", "total_params", "metrics", "train_seconds", "steps",
                  "checkpoint_bytes"}
@@ -50,17 +50,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    """t5-small's format (ReLU FFN, tied head rescaled, relative buckets, spiece.model), shrunk."""
-    return make_t5_checkpoint(reference("transformers"), tmp_path_factory.mktemp("t5"))
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_task(tmp_path_factory.mktemp("task") / "sentiment")
 
 
 @pytest.fixture(scope="module")

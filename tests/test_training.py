@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, reference
+from conftest import ROOT
 from minipeft import training
 from minipeft.taskdata import Batcher, DataError, Example, load_user_data, read_examples, task_kind
 from minipeft.tokenizers import T5Tokenizer
 from minipeft.training import PEFT_FILE, TrainConfig, TrainingError, global_batch_indices, run
-from tiny_runs import make_t5_checkpoint, write_jsonl, write_task
+from tiny_runs import t5_dir, task, write_jsonl, write_task  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,16 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return make_t5_checkpoint(reference("transformers"), tmp_path_factory.mktemp("t5"))
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_task(tmp_path_factory.mktemp("task") / "sentiment")
 
 
 def config(t5_dir, task, out, **changes):

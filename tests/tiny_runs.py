@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 GOOD = ["great", "lovely", "tasty", "superb", "friendly", "fresh"]
 BAD = ["awful", "cold", "rude", "bland", "dirty", "stale"]
 THINGS = ["food", "soup", "staff", "room", "bread", "fish", "coffee", "service"]
@@ -96,3 +98,18 @@ def make_gpt2_checkpoint(transformers, tokenizers, directory: Path, seed: int = 
                                      bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     transformers.GPT2LMHeadModel(config).save_pretrained(str(directory))
     return directory
+
+
+# -- fixtures shared by test_training.py and test_train_cli.py (imported there; built once per session) --
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory):
+    """t5-small's format (ReLU FFN, tied head rescaled, relative buckets, spiece.model), shrunk."""
+    from conftest import reference
+    return make_t5_checkpoint(reference("transformers"), tmp_path_factory.mktemp("t5"))
+
+
+@pytest.fixture(scope="session")
+def task(tmp_path_factory):
+    """``.../sentiment/train.jsonl`` with dev.jsonl and test.jsonl beside it."""
+    return write_task(tmp_path_factory.mktemp("task") / "sentiment")
