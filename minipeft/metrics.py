@@ -18,8 +18,8 @@ words and punctuation marks (``"a café, near."`` → ``a café , near .``), cas
 
 **Slot coverage** (table-to-text): an E2E-style input ``name[The Eagle] | food[Italian]`` lists
 attribute values; the score is the fraction of all values, over the corpus, that the generated
-sentence mentions (as whole words, ignoring case; or by a task's own phrases for a value). BLEU rewards sounding like the references;
-coverage checks that the sentence says what the table says.
+sentence mentions (as whole words, ignoring case; or by a task's own phrases for a value). BLEU
+rewards sounding like the references; coverage checks that the sentence says what the table says.
 """
 
 from __future__ import annotations
