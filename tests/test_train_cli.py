@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, reference
-from tiny_runs import make_gpt2_checkpoint, t5_dir, task  # noqa: F401 (fixtures)
+from tiny_runs import make_gpt2_checkpoint, subprocess_pythonpath, t5_dir, task  # noqa: F401 (fixtures)
 
 REQUIRED_KEYS = {"method", "model", "task", "trainable_params", "total_params", "metrics", "train_seconds", "steps",
                  "checkpoint_bytes"}
@@ -25,7 +25,7 @@ REQUIRED_KEYS = {"method", "model", "task", "trainable_params", "total_params", 
 
 def train(*flags, timeout=120):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": subprocess_pythonpath(ROOT)}
     return subprocess.run([sys.executable, "train.py", *map(str, flags)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

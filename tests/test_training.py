@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from tiny_runs import subprocess_pythonpath, t5_dir, task, write_jsonl, write_task  # noqa: F401 (fixtures); first
 from minipeft import training
 from minipeft.taskdata import Batcher, DataError, Example, load_user_data, read_examples, task_kind
 from minipeft.tokenizers import T5Tokenizer
 from minipeft.training import PEFT_FILE, TrainConfig, TrainingError, global_batch_indices, run
-from tiny_runs import t5_dir, task, write_jsonl, write_task  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -212,7 +212,7 @@ def test_two_processes_match_one_with_the_same_global_batch(t5_dir, task, tmp_pa
     flags = ["--method", "full", "--model", "t5", "--weights", str(t5_dir), "--data", str(task), "--steps", "4",
              "--batch-size", "8", "--dropout", "0", "--lr", "3e-3", "--eval-examples", "4", "--out", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": subprocess_pythonpath(ROOT)}
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                              str(29400 + os.getpid() % 500), "train.py", *flags],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
