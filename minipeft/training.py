@@ -47,7 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .convert import load_hf
-from .methods import count_parameters, get_peft, load_trained, save_trained
+from .methods import METHODS, count_parameters, get_peft, load_trained, save_trained
 from .methods.base import read_checkpoint
 from .metrics import accuracy, corpus_bleu, slot_coverage
 from .objectives import causal_lm_loss, seq2seq_loss
@@ -61,7 +61,8 @@ PEFT_FILE, STATE_FILE, METRICS_FILE, EVAL_FILE = "peft.safetensors", "state.pt",
 
 # Learning rates that work for each method on the tiny bases with AdamW, used when --lr is not
 # given. Methods that train few parameters far from the output (prompts, prefixes) need larger
-# steps than those that adjust existing weights; full fine-tuning the smallest.
+# steps than those that adjust existing weights; full fine-tuning the smallest. A method class may
+# instead declare its own ``default_lr``, which wins over this table.
 DEFAULT_LR = {"full": 3e-4, "probe": 3e-3, "bitfit": 3e-3, "lora": 1e-3, "adapter": 1e-3,
               "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2, "ptuning_v2": 1e-2}
 FALLBACK_LR = 1e-3
@@ -109,7 +110,10 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(self.method, FALLBACK_LR)
+        if self.lr is not None:
+            return self.lr
+        declared = getattr(METHODS.get(self.method), "default_lr", None)
+        return declared if declared is not None else DEFAULT_LR.get(self.method, FALLBACK_LR)
 
     @property
     def warmup_steps(self) -> int:

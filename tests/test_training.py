@@ -253,3 +253,11 @@ def test_results_command_runs_each_configuration_and_prints_the_table(t5_dir, ta
     assert table[0].startswith("| method | base | task | trainable params | trainable % | checkpoint | test score")
     assert len(table) == 6 and "| probe | t5 (random) | sentiment |" in table[-1]
     assert (tmp_path / "results.md").read_text().strip().splitlines() == table
+
+
+def test_default_learning_rate_comes_from_the_method_or_the_table(monkeypatch):
+    from minipeft.methods import METHODS
+    assert TrainConfig(method="probe").learning_rate == training.DEFAULT_LR["probe"]
+    assert TrainConfig(method="probe", lr=0.5).learning_rate == 0.5
+    monkeypatch.setattr(METHODS["probe"], "default_lr", 0.25, raising=False)
+    assert TrainConfig(method="probe").learning_rate == 0.25
