@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--steps", type=int, help=f"optimiser steps (default {DEFAULTS.steps})")
     how.add_argument("--batch-size", type=int, help=f"global batch size, shared by all processes "
                      f"(default {DEFAULTS.batch_size})")
-    how.add_argument("--lr", type=float, help=f"peak learning rate (default per method: {lr_table}; "
+    how.add_argument("--lr", type=float, help=f"peak learning rate (default: the method class's default_lr, else {lr_table}; "
                      f"others {FALLBACK_LR:g})")
     how.add_argument("--warmup", type=int, help="linear warmup steps (default steps/10, at most 30)")
     how.add_argument("--schedule", choices=SCHEDULES,
