@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import world
 from .metrics import is_table
 from .tokenizers import T5Tokenizer
 
@@ -67,6 +69,7 @@ class TaskData:
     dev: list[Example]
     test: list[Example]
     kind: str
+    slot_phrases: Callable[[str, str], tuple[str, ...]] | None = None   # how a table value may be said
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -153,7 +156,9 @@ def load_task(name: str) -> TaskData:
         raise DataError(f"no task {name!r} in {TASK_DIR}; available: {', '.join(task_names()) or '(none)'} "
                         f"(or pass your own --data FILE.jsonl)")
     splits = {split: read_examples(directory / f"{split}.jsonl") for split in ("train", "dev", "test")}
-    return TaskData(name, splits["train"], splits["dev"], splits["test"], task_kind(splits["train"]))
+    # The world that wrote the E2E task knows how each value is said ("familyFriendly[yes]" → "family friendly").
+    phrases = world.slot_phrases if name == "e2e" else None
+    return TaskData(name, splits["train"], splits["dev"], splits["test"], task_kind(splits["train"]), phrases)
 
 
 def load_user_data(path: str | Path) -> TaskData:

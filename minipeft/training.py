@@ -263,7 +263,7 @@ def batch_loss(model, batch: dict, is_encoder_decoder: bool, shift_right) -> tup
 
 @torch.no_grad()
 def evaluate(peft, batcher: Batcher, examples, kind: str, precision, max_new_tokens: int, device,
-             batch_size: int = 64) -> tuple[dict, list[tuple[str, str, list[str]]]]:
+             batch_size: int = 64, slot_phrases=None) -> tuple[dict, list[tuple[str, str, list[str]]]]:
     """Greedy generation on ``examples`` → (metrics, [(input, prediction, references)]).
 
     Classification: ``accuracy``. Generation: corpus ``bleu`` (0–100) over the unique inputs, all
@@ -288,7 +288,7 @@ def evaluate(peft, batcher: Batcher, examples, kind: str, precision, max_new_tok
     else:
         metrics = {"bleu": 100 * corpus_bleu(predictions, references)}
         if kind == "table-to-text":
-            metrics["slot_coverage"] = slot_coverage(inputs, predictions)
+            metrics["slot_coverage"] = slot_coverage(inputs, predictions, slot_phrases)
     return metrics, list(zip(inputs, predictions, references))
 
 
@@ -410,7 +410,7 @@ class Run:
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, examples):
         return evaluate(self.peft, self.batcher, examples, self.data.kind, self.precision,
-                        self.max_new_tokens, self.device)
+                        self.max_new_tokens, self.device, slot_phrases=self.data.slot_phrases)
 
     def describe(self):
         c, d = self.config, self.data

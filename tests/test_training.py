@@ -261,3 +261,18 @@ def test_default_learning_rate_comes_from_the_method_or_the_table(monkeypatch):
     assert TrainConfig(method="probe", lr=0.5).learning_rate == 0.5
     monkeypatch.setattr(METHODS["probe"], "default_lr", 0.25, raising=False)
     assert TrainConfig(method="probe").learning_rate == 0.25
+
+
+def test_the_embedded_tasks_load_with_their_kinds():
+    from minipeft.taskdata import load_task
+    kinds = {name: load_task(name).kind for name in ("sentiment", "nli", "e2e")}
+    assert kinds == {"sentiment": "classification", "nli": "classification", "e2e": "table-to-text"}
+
+
+def test_e2e_references_mention_every_slot_in_the_world_s_phrasing():
+    from minipeft.metrics import slot_coverage
+    from minipeft.taskdata import load_task
+    e2e = load_task("e2e")
+    tables, references = [e.input for e in e2e.test], [e.target for e in e2e.test]
+    assert slot_coverage(tables, references, e2e.slot_phrases) == 1.0
+    assert slot_coverage(tables, references) < 0.9     # "familyFriendly[yes]" is said "family friendly"
