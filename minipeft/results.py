@@ -1,0 +1,118 @@
+"""The results table: every chosen method × task × base, trained by the one training loop.
+
+    python -m minipeft.results                                       every method × every task, tiny-t5
+    python -m minipeft.results --methods full probe --random-base    baselines, pretrained vs untrained base
+    python -m minipeft.results --models tiny-t5 tiny-gpt --tasks sentiment --steps 200
+
+Each configuration is one in-process call of :func:`minipeft.training.run` (same defaults as
+``train.py``: the method's default learning rate, the default steps and batch), writing its own
+``OUT/<base>-<task>-<method>/``; the records go to ``OUT/results.json`` and the table, in
+Markdown, to stdout (and ``OUT/results.md``). "vs full" is the test score as a fraction of full
+fine-tuning's on the same base and task, when full was run too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .methods import method_names
+from .taskdata import task_names
+from .training import HF_BASES, TINY_BASES, TrainConfig, TrainingError, atomic_write, run, write_json
+
+COLUMNS = ("method", "base", "task", "trainable params", "trainable %", "checkpoint", "test score", "vs full",
+           "train time")
+
+
+def base_label(model: str, random_base: bool) -> str:
+    return f"{model} (random)" if random_base else model
+
+
+def run_directory(out: Path, model: str, random_base: bool, task: str, method: str) -> Path:
+    return out / f"{model}{'-random' if random_base else ''}-{task}-{method}"
+
+
+def human_bytes(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def format_score(record: dict) -> str:
+    metrics = record["metrics"]
+    if "accuracy" in metrics:
+        return f"accuracy {100 * metrics['accuracy']:.1f}%"
+    text = f"BLEU {metrics['bleu']:.1f}"
+    if "slot_coverage" in metrics:
+        text += f", slots {100 * metrics['slot_coverage']:.0f}%"
+    return text
+
+
+def table(records: list[dict]) -> str:
+    """The Markdown table of ``records`` (failed runs show their error)."""
+    full_scores = {(r["model"], r["random_base"], r["task"]): r["score"]
+                   for r in records if r.get("method") == "full" and "score" in r}
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in records:
+        base = base_label(r["model"], r["random_base"])
+        if "error" in r:
+            lines.append(f"| {r['method']} | {base} | {r['task']} | error: {r['error']} |" + " |" * 5)
+            continue
+        full = full_scores.get((r["model"], r["random_base"], r["task"]))
+        versus_full = f"{100 * r['score'] / full:.0f}%" if full else "–"
+        lines.append(" | ".join([
+            f"| {r['method']}", base, r["task"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3g}%",
+            human_bytes(r["checkpoint_bytes"]), format_score(r), versus_full, f"{r['train_seconds']:.0f} s |"]))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names(), metavar="METHOD",
+                        help=f"(default: all: {', '.join(method_names())})")
+    parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="(default: every task in data/tasks)")
+    parser.add_argument("--models", nargs="+", default=["tiny-t5"], choices=TINY_BASES + HF_BASES, metavar="MODEL",
+                        help="tiny-t5 and/or tiny-gpt (default tiny-t5); t5 or gpt2 with --weights")
+    parser.add_argument("--weights", metavar="DIR", help="the Hugging Face checkpoint directory for t5 / gpt2")
+    parser.add_argument("--random-base", action="store_true", help="also run each on an untrained base")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help=f"(default {TrainConfig.steps})")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results", help="(default results/)")
+    args = parser.parse_args(argv)
+    tasks = args.tasks or task_names()
+    if not tasks:
+        print("error: no tasks found in data/tasks; generate them first (see data/README.md)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    records = []
+    for model in args.models:
+        for random_base in (False, True) if args.random_base else (False,):
+            for task in tasks:
+                for method in args.methods:
+                    config = TrainConfig(method=method, model=model, weights=args.weights,
+                                         random_base=random_base, task=task,
+                                         steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                                         eval_every=args.steps,
+                                         out=str(run_directory(out, model, random_base, task, method)))
+                    try:
+                        record = run(config)
+                        record.pop("losses", None)
+                    except TrainingError as error:
+                        print(f"error: {error}", file=sys.stderr)
+                        record = {"method": method, "model": model, "random_base": random_base, "task": task,
+                                  "error": str(error).splitlines()[0]}
+                    records.append(record)
+                    write_json(out / "results.json", {"runs": records})   # after every run: nothing lost
+    markdown = table(records)
+    atomic_write(out / "results.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""The one training loop behind ``train.py``: a frozen base, a PEFT method, a text-to-text task.
+
+    base, tokenizer = build_base(config)            tiny-t5 / tiny-gpt / a Hugging Face t5 or gpt2 dir
+    peft = get_peft(base, method, **options)        only the method's parameters train
+    for step in range(steps):
+        batch = the step's slice of a seeded shuffle of the training set
+        loss  = F11 objective on the target tokens (seq2seq, or causal LM with the input masked)
+        backward, clip (F12.5), optimiser step (F12.2), schedule (F12.5), loss scaling for fp16 (F12.4)
+        every eval_every steps: dev score, and a resumable checkpoint
+    test score; metrics.json; the trained tensors only (save_trained)
+
+Reproducible by construction. The examples of step ``s`` are a function of ``(seed, s)`` (epoch
+``e`` is ``randperm`` seeded by ``(seed, e)``), and the dropout generator is re-seeded from
+``(seed, s, rank)`` at every step, so a run resumed at step ``s`` draws exactly what the
+uninterrupted run drew: the training state needs no RNG snapshot, only the step.
+
+Distributed. Under ``torchrun --nproc_per_node=N`` every process builds the same model, wraps it
+in ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA) and takes its contiguous 1/N of the
+*global* batch (``batch_size``). DDP averages gradients over processes; to make that average equal
+the single-process gradient of the mean token loss, each process scales its mean loss by
+``tokens_here · N / tokens_in_global_batch``. Only rank 0 prints, evaluates and writes files.
+
+Files in ``out``:
+
+    peft.safetensors   what was trained + method, options, base fingerprint, run config (save_trained)
+    state.pt           optimiser, loss scaler, fp32 master weights (fp16), step, loss curve: resuming
+    metrics.json       the run's record (see ``run``)
+
+Every file is written to a temporary name and renamed into place (``os.replace``), so an
+interrupted write never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .convert import load_hf
+from .methods import METHODS, count_parameters, get_peft, load_trained, save_trained
+from .methods.base import read_checkpoint
+from .metrics import accuracy, corpus_bleu, slot_coverage
+from .objectives import causal_lm_loss, seq2seq_loss
+from .optim import Precision, build_optimizer, build_schedule
+from .taskdata import Batcher, DataError, load_task, load_user_data, references_by_input
+from .tokenizers import GPT2Tokenizer, T5Tokenizer
+
+TINY_BASES = ("tiny-t5", "tiny-gpt")
+HF_BASES = ("t5", "gpt2")
+PEFT_FILE, STATE_FILE, METRICS_FILE, EVAL_FILE = "peft.safetensors", "state.pt", "metrics.json", "eval.json"
+
+# Learning rates that work for each method on the tiny bases with AdamW, used when --lr is not
+# given. Methods that train few parameters far from the output (prompts, prefixes) need larger
+# steps than those that adjust existing weights; full fine-tuning the smallest. A method class may
+# instead declare its own ``default_lr``, which wins over this table.
+DEFAULT_LR = {"full": 3e-4, "probe": 3e-3, "bitfit": 3e-3, "lora": 1e-3, "adapter": 1e-3,
+              "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2, "ptuning_v2": 1e-2}
+FALLBACK_LR = 1e-3
+
+
+class TrainingError(Exception):
+    """A problem the user can fix (bad flag, missing file, wrong checkpoint): train.py prints it
+    as ``error: ...`` without a traceback."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "lora"
+    options: dict = field(default_factory=dict)   # method options, e.g. {"r": 8}
+    model: str = "tiny-t5"                        # tiny-t5, tiny-gpt, t5 or gpt2 (with weights)
+    weights: str | None = None                    # Hugging Face checkpoint directory for t5 / gpt2
+    random_base: bool = False                     # same architecture, untrained weights
+    task: str = "sentiment"
+    data: str | None = None                       # user data file instead of a task
+    steps: int = 300
+    batch_size: int = 32                          # the GLOBAL batch, shared by all processes
+    lr: float | None = None                       # None: DEFAULT_LR[method]
+    warmup: int | None = None                     # None: steps // 10, at most 30
+    schedule: str = "cosine"
+    optim: str = "adamw"
+    weight_decay: float = 0.0
+    clip: float | None = 1.0                      # global-norm clipping (F12.5); None: off
+    dropout: float | None = None                  # None: the base's own dropout rate
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "fp32"
+    eval_every: int = 100
+    eval_examples: int = 200                      # dev examples per evaluation during training
+    max_length: int | None = None                 # None: the model's limit (GPT) or 512 (T5)
+    out: str = "out"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "eval_examples"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise TrainingError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr is not None and not self.lr > 0:
+            raise TrainingError(f"the learning rate must be positive, got {self.lr}")
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        declared = getattr(METHODS.get(self.method), "default_lr", None)
+        return declared if declared is not None else DEFAULT_LR.get(self.method, FALLBACK_LR)
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else min(30, self.steps // 10)
+
+
+# -- building the pieces ------------------------------------------------------------------------
+
+def build_base(config: TrainConfig):
+    """(model, tokenizer) for ``config.model``; ``random_base`` re-initialises the same architecture."""
+    if config.model in TINY_BASES:
+        from . import bases
+        return bases.random_base(config.model) if config.random_base else bases.load_base(config.model)
+    if config.model not in HF_BASES:
+        raise TrainingError(f"unknown model {config.model!r}; choose one of {', '.join(TINY_BASES + HF_BASES)}")
+    if not config.weights:
+        raise TrainingError(f"--model {config.model} needs --weights DIR, a Hugging Face checkpoint directory "
+                            f"(config.json, model.safetensors and the tokenizer files)")
+    try:
+        model = load_hf(config.weights)
+        tokenizer = (T5Tokenizer.from_dir(config.weights) if config.model == "t5"
+                     else GPT2Tokenizer.from_dir(config.weights))
+    except (ValueError, FileNotFoundError) as error:
+        raise TrainingError(f"cannot load {config.weights}: {error}") from None
+    if model.is_encoder_decoder != (config.model == "t5"):
+        raise TrainingError(f"{config.weights} holds a {type(model).__name__}, not a {config.model} model: "
+                            f"use --model {'t5' if model.is_encoder_decoder else 'gpt2'}")
+    if config.random_base:
+        torch.manual_seed(config.seed)
+        model = type(model)(model.config)
+    return model, tokenizer
+
+
+def load_data(config: TrainConfig):
+    try:
+        return load_user_data(config.data) if config.data else load_task(config.task)
+    except DataError as error:
+        raise TrainingError(str(error)) from None
+
+
+def attach_method(model, config: TrainConfig):
+    try:
+        return get_peft(model, config.method, **config.options)
+    except (ValueError, TypeError) as error:   # unknown method or option, bad option value
+        raise TrainingError(str(error)) from None
+
+
+def make_batcher(peft, tokenizer, config: TrainConfig) -> Batcher:
+    model = peft.model
+    if tokenizer.eos_token_id != model.config.eos_token_id or tokenizer.vocab_size > model.config.vocab_size:
+        raise TrainingError(f"the tokenizer (eos {tokenizer.eos_token_id}, {tokenizer.vocab_size} tokens) does not "
+                            f"fit the model (eos {model.config.eos_token_id}, vocabulary {model.config.vocab_size})")
+    if model.is_encoder_decoder:
+        limit = config.max_length or 512
+    else:  # learned positions: n_positions, less any virtual tokens the method puts in front
+        limit = min(config.max_length or model.config.n_positions, model.config.n_positions)
+        limit -= getattr(peft.options, "num_virtual_tokens", 0)
+    return Batcher(tokenizer, model.is_encoder_decoder, limit, model.config.pad_token_id, tokenizer.eos_token_id)
+
+
+def set_dropout(model: nn.Module, rate: float):
+    """Every dropout of the model: ``nn.Dropout`` modules and the attention-probability rate."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
+        elif isinstance(getattr(module, "dropout", None), float):   # T5Attention, GPTAttention
+            module.dropout = rate
+
+
+# -- distributed --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def barrier(self):
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def start_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join the process group torchrun set up (env WORLD_SIZE > 1), or run alone."""
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda, but torch sees no CUDA GPU; use --device cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), torch.device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    device = torch.device("cuda", local_rank) if device_name == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size), device
+
+
+def global_batch_indices(step: int, batch_size: int, n_examples: int, seed: int) -> list[int]:
+    """Indices of step ``step``'s global batch: position ``step · batch_size`` in the stream of
+    epochs, each epoch a permutation seeded by ``(seed, epoch)``."""
+    indices, position = [], step * batch_size
+    while len(indices) < batch_size:
+        epoch, offset = divmod(position, n_examples)
+        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        taken = order[offset: offset + batch_size - len(indices)].tolist()
+        indices += taken
+        position += len(taken)
+    return indices
+
+
+def process_share(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """This process's contiguous 1/world_size of the global batch."""
+    per_process = len(indices) // world_size
+    return indices[rank * per_process:(rank + 1) * per_process]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 1009 + rank
+
+
+# -- one step -----------------------------------------------------------------------------------
+
+def batch_loss(model, batch: dict, is_encoder_decoder: bool, shift_right) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss over the target tokens, number of target tokens) of one batch."""
+    labels = batch["labels"]
+    if is_encoder_decoder:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=shift_right(labels))                           # (B, T, V)
+        loss = seq2seq_loss(logits.float(), labels)                                        # F11.5
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])  # (B, S+T, V)
+        loss = causal_lm_loss(logits.float(), labels)                                      # F11.1
+    return loss, (labels != -100).sum()
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(peft, batcher: Batcher, examples, kind: str, precision, max_new_tokens: int, device,
+             batch_size: int = 64, slot_phrases=None) -> tuple[dict, list[tuple[str, str, list[str]]]]:
+    """Greedy generation on ``examples`` → (metrics, [(input, prediction, references)]).
+
+    Classification: ``accuracy``. Generation: corpus ``bleu`` (0–100) over the unique inputs, all
+    targets of an input being its references; table-to-text adds ``slot_coverage``.
+    """
+    if kind == "classification":
+        inputs, references = [e.input for e in examples], [[e.target] for e in examples]
+    else:
+        inputs, references = references_by_input(examples)
+    was_training = peft.training
+    peft.eval()
+    predictions = []
+    for start in range(0, len(inputs), batch_size):
+        batch = batcher.generation_batch(inputs[start:start + batch_size], max_new_tokens)
+        with precision.autocast():
+            generated = peft.generate(batch["input_ids"].to(device), max_new_tokens=max_new_tokens,
+                                      attention_mask=batch["attention_mask"].to(device))
+        predictions += [batcher.decode(row) for row in generated.tolist()]
+    peft.train(was_training)
+    if kind == "classification":
+        metrics = {"accuracy": accuracy(predictions, [refs[0] for refs in references])}
+    else:
+        metrics = {"bleu": 100 * corpus_bleu(predictions, references)}
+        if kind == "table-to-text":
+            metrics["slot_coverage"] = slot_coverage(inputs, predictions, slot_phrases)
+    return metrics, list(zip(inputs, predictions, references))
+
+
+def score_name(kind: str) -> str:
+    return "accuracy" if kind == "classification" else "bleu"
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def atomic_write(path: Path, write):
+    """``write(temporary_path)``, then rename onto ``path``: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: Path, record: dict):
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def saved_config(directory: str | Path) -> dict:
+    """The run config stored in a checkpoint directory's ``peft.safetensors``."""
+    path = Path(directory) / PEFT_FILE
+    try:
+        metadata, _ = read_checkpoint(path)
+    except (ValueError, FileNotFoundError) as error:
+        raise TrainingError(f"--resume {directory}: {error}") from None
+    return json.loads(metadata["extra"])["config"]
+
+
+def config_for_resume(directory: str | Path, overrides: dict) -> TrainConfig:
+    """The saved run's config, with the flags given now on top (``out`` defaults to ``directory``)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {key: value for key, value in saved_config(directory).items() if key in known}
+    if "options" in overrides and json.loads(json.dumps(overrides["options"])) != saved["options"]:
+        raise TrainingError(f"--option cannot change a saved run's method options ({saved['options']}): "
+                            f"they are part of the checkpoint; start a new run with --out instead")
+    return TrainConfig(**{**saved, "out": str(directory), **overrides})
+
+
+class Run:
+    """Everything one training run holds, so the loop below reads top to bottom."""
+
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, log=print):
+        self.config, self.resume = config, resume
+        self.distributed, self.device = start_distributed(config.device)
+        self.log = log if self.distributed.is_main else (lambda *args, **kwargs: None)
+        self.out = Path(config.out)
+        self.data = load_data(config)
+        if config.batch_size % self.distributed.world_size:
+            raise TrainingError(f"--batch-size {config.batch_size} must be divisible by the number of "
+                                f"processes ({self.distributed.world_size}): each takes an equal share")
+
+        torch.manual_seed(config.seed)
+        base, tokenizer = build_base(config)
+        if config.dropout is not None:
+            set_dropout(base, config.dropout)
+        if resume is not None:   # rebuild the method from the checkpoint; refuses another base or method
+            try:
+                self.peft = load_trained(base, Path(resume) / PEFT_FILE, method=config.method)
+            except (ValueError, FileNotFoundError) as error:
+                raise TrainingError(str(error)) from None
+        else:
+            self.peft = attach_method(base, config)
+        self.peft.to(self.device)
+        self.batcher = make_batcher(self.peft, tokenizer, config)
+        try:  # every target must fit (they are never cut); the longest bounds generation
+            self.max_new_tokens = max(len(self.batcher.target(e.target)) for e in self.data.train)
+        except DataError as error:
+            raise TrainingError(str(error)) from None
+        if not base.is_encoder_decoder:
+            self.max_new_tokens = min(self.max_new_tokens, self.batcher.max_length - 2)
+        self.precision = Precision(config.dtype, self.peft)
+        self.trainable, self.total = count_parameters(self.peft)
+        self.step, self.losses, self.dev_history, self.train_seconds = 0, [], [], 0.0
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save(self, optimizer) -> int:
+        """Write the trained tensors and the resumable state; return the trained tensors' bytes."""
+        if not self.distributed.is_main:
+            return 0
+        config = dataclasses.asdict(self.config)
+        size = save_trained(self.peft, self.out / PEFT_FILE,
+                            extra={"config": config, "step": self.step, "task": self.data.name})
+        state = {"step": self.step, "optimizer": optimizer.state_dict(), "losses": self.losses,
+                 "dev_history": self.dev_history, "train_seconds": self.train_seconds,
+                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
+                 "masters": [p.detach().clone() for p in self.precision.masters.params]
+                 if self.precision.masters else None}
+        atomic_write(self.out / STATE_FILE, lambda temporary: torch.save(state, temporary))
+        return size
+
+    def restore(self, optimizer, schedule):
+        path = Path(self.resume) / STATE_FILE
+        if not path.is_file():
+            raise TrainingError(f"{path} not found: --resume needs the state.pt that training writes beside "
+                                f"peft.safetensors (or use --eval-only to only evaluate)")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"] is not None:
+            self.precision.scaler.load_state_dict(state["scaler"])
+        if state["masters"] is not None:
+            with torch.no_grad():
+                for master, saved in zip(self.precision.masters.params, state["masters"]):
+                    master.copy_(saved)
+        self.step, self.losses = state["step"], state["losses"]
+        self.dev_history, self.train_seconds = state["dev_history"], state["train_seconds"]
+        # The learning rate of step `step` under *this* schedule (steps may have been extended).
+        schedule.last_epoch = self.step
+        for group, base_lr, multiplier in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+            group["lr"] = base_lr * multiplier(self.step)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, examples):
+        return evaluate(self.peft, self.batcher, examples, self.data.kind, self.precision,
+                        self.max_new_tokens, self.device, slot_phrases=self.data.slot_phrases)
+
+    def describe(self):
+        c, d = self.config, self.data
+        base = "random (untrained)" if c.random_base else "pretrained"
+        self.log(f"{c.method} on {c.model} ({base} base), task {d.name} ({d.kind}): {len(d.train)} train / "
+                 f"{len(d.dev)} dev / {len(d.test)} test examples; {c.steps} steps of {c.batch_size}, "
+                 f"lr {c.learning_rate:g}, {c.optim}, {c.dtype}"
+                 + (f", {self.distributed.world_size} processes" if self.distributed.world_size > 1 else ""))
+        self.log(self.peft.trainable_report())
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def train(self) -> dict:
+        c, distributed = self.config, self.distributed
+        try:
+            optimizer = build_optimizer(c.optim, self.precision.parameters(), lr=c.learning_rate,
+                                        weight_decay=c.weight_decay)
+            schedule = build_schedule(c.schedule, optimizer, c.warmup_steps, c.steps)
+        except ValueError as error:   # e.g. warmup longer than the run
+            raise TrainingError(str(error)) from None
+        if self.resume is not None:
+            self.restore(optimizer, schedule)
+        model = self.peft
+        if distributed.world_size > 1:
+            model = nn.parallel.DistributedDataParallel(
+                self.peft, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        shift_right = self.peft.model.shift_right if self.peft.is_encoder_decoder else None
+        self.describe()
+        self.peft.train()
+        progress = tqdm(total=c.steps, initial=self.step, desc="training", disable=not distributed.is_main,
+                        dynamic_ncols=True, file=sys.stderr)
+        try:
+            while self.step < c.steps:
+                started = time.perf_counter()
+                torch.manual_seed(step_seed(c.seed, self.step, distributed.rank))
+                indices = global_batch_indices(self.step, c.batch_size, len(self.data.train), c.seed)
+                mine = process_share(indices, distributed.rank, distributed.world_size)
+                batch = self.batcher.training_batch([self.data.train[i] for i in mine])
+                batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
+                with self.precision.autocast():
+                    loss, tokens = batch_loss(model, batch, self.peft.is_encoder_decoder, shift_right)
+                all_tokens = distributed.sum(tokens)
+                # DDP averages gradients over processes: weight so the average is the global token mean.
+                weighted = loss * tokens * distributed.world_size / all_tokens
+                self.precision.backward_and_step(weighted, optimizer, max_grad_norm=c.clip)
+                schedule.step()
+                self.step += 1
+                self.losses.append(distributed.sum(weighted.detach()).item() / distributed.world_size)
+                seconds = time.perf_counter() - started
+                self.train_seconds += seconds
+                progress.update()
+                progress.set_postfix(loss=f"{self.losses[-1]:.4f}",
+                                     tok_s=f"{distributed.world_size * batch['attention_mask'].sum().item() / seconds:,.0f}")
+                if self.step % c.eval_every == 0 or self.step == c.steps:
+                    self.dev_evaluation()
+                    self.save(optimizer)
+                    distributed.barrier()
+        except KeyboardInterrupt:
+            progress.close()
+            self.save(optimizer)
+            self.log(f"\ninterrupted after step {self.step}: saved a resumable checkpoint in {self.out}; "
+                     f"continue with: python train.py --resume {self.out}")
+            return {"interrupted": True, "steps": self.step}
+        progress.close()
+        return self.finish(optimizer)
+
+    def dev_evaluation(self):
+        if not self.distributed.is_main:
+            return
+        metrics, _ = self.evaluate(self.data.dev[:self.config.eval_examples])
+        self.dev_history.append({"step": self.step, **metrics})
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+        tqdm.write(f"step {self.step}: loss {self.losses[-1]:.4f}, dev {shown}", file=sys.stderr)
+
+    def finish(self, optimizer) -> dict:
+        """Test score, the record written to metrics.json (rank 0), and the checkpoint size."""
+        record = {}
+        if self.distributed.is_main:
+            checkpoint_bytes = self.save(optimizer)
+            metrics, samples = self.evaluate(self.data.test)
+            record = self.record(metrics, checkpoint_bytes)
+            write_json(self.out / METRICS_FILE, record)
+            self.report(metrics, samples, self.out / METRICS_FILE)
+        self.distributed.barrier()
+        return record
+
+    def evaluate_only(self) -> dict:
+        """``--eval-only --resume DIR``: the test score of the saved trained tensors."""
+        self.log(self.peft.trainable_report())
+        record = {}
+        if self.distributed.is_main:
+            metrics, samples = self.evaluate(self.data.test)
+            record = self.record(metrics, (Path(self.resume) / PEFT_FILE).stat().st_size)
+            record["eval_only"] = True
+            write_json(self.out / EVAL_FILE, record)
+            self.report(metrics, samples, self.out / EVAL_FILE)
+        self.distributed.barrier()
+        return record
+
+    def record(self, metrics: dict, checkpoint_bytes: int) -> dict:
+        c = self.config
+        return {
+            "method": c.method, "model": c.model, "task": self.data.name, "kind": self.data.kind,
+            "random_base": c.random_base, "options": c.options,
+            "trainable_params": self.trainable, "total_params": self.total,
+            "trainable_percent": 100 * self.trainable / self.total,
+            "metrics": metrics, "score_name": score_name(self.data.kind), "score": metrics[score_name(self.data.kind)],
+            "dev_history": self.dev_history, "train_seconds": self.train_seconds, "steps": self.step,
+            "checkpoint_bytes": checkpoint_bytes, "skipped_steps": self.precision.skipped_steps,
+            "lr": c.learning_rate, "batch_size": c.batch_size, "seed": c.seed, "dtype": c.dtype, "optim": c.optim,
+            "schedule": c.schedule, "warmup": c.warmup_steps, "world_size": self.distributed.world_size,
+            "losses": self.losses,
+        }
+
+    def report(self, metrics: dict, samples, written: Path):
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+        self.log(f"test: {shown}")
+        if self.data.kind != "classification":
+            for source, prediction, references in samples[:3]:
+                self.log(f"  {source}\n    → {prediction}\n    reference: {references[0]}")
+        if self.batcher.cut_inputs:
+            self.log(f"warning: {self.batcher.cut_inputs} inputs were longer than the model's "
+                     f"{self.batcher.max_length} tokens and were cut")
+        self.log(f"wrote {written}")
+
+
+def run(config: TrainConfig, resume: str | Path | None = None, eval_only: bool = False, log=print) -> dict:
+    """Train (or, with ``eval_only``, only test) one configuration; return its metrics record.
+
+    The record, also written to ``out/metrics.json``: ``method``, ``model``, ``task``,
+    ``trainable_params``, ``total_params``, ``metrics`` (test), ``score``, ``train_seconds``,
+    ``steps``, ``checkpoint_bytes``, the dev history and the loss of every step.
+    """
+    if eval_only and resume is None:
+        raise TrainingError("--eval-only needs --resume DIR, the directory of a trained run")
+    try:
+        job = Run(config, resume, log)
+        return job.evaluate_only() if eval_only else job.train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,153 @@
+"""train.py as a user runs it: end to end on Hugging Face format checkpoints (a t5-shaped one
+with a locally trained spiece.model, a GPT-2 one with a local BPE), the files it writes, and the
+errors it prints instead of tracebacks.
+
+The first run is a real ``python train.py`` process; the others call the script's ``main(argv)``
+in this process (the same code after argument parsing), which saves a second of start-up each.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, reference
+from tiny_runs import make_gpt2_checkpoint, subprocess_pythonpath, t5_dir, task  # noqa: F401 (fixtures)
+
+REQUIRED_KEYS = {"method", "model", "task", "trainable_params", "total_params", "metrics", "train_seconds", "steps",
+                 "checkpoint_bytes"}
+
+
+def train(*flags, timeout=120):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": subprocess_pythonpath(ROOT)}
+    return subprocess.run([sys.executable, "train.py", *map(str, flags)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_here(capsys, *flags):
+    """``main(flags)`` in this process → (exit code, stdout, stderr)."""
+    code = load_train_script().main([str(flag) for flag in flags])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(t5_dir, task, tmp_path_factory):
+    """One probe run of 6 steps: (its output directory, the completed process)."""
+    out = tmp_path_factory.mktemp("run")
+    result = train("--method", "probe", "--model", "t5", "--weights", t5_dir, "--data", task, "--steps", 6,
+                   "--batch-size", 8, "--eval-every", 3, "--out", out)
+    return out, result
+
+
+def test_t5_checkpoint_end_to_end_writes_metrics_and_only_the_trained_tensors(trained):
+    out, result = trained
+    assert result.returncode == 0, result.stderr[-3000:]
+    report_lines = [line for line in result.stdout.splitlines() if line.startswith("trainable params:")]
+    assert len(report_lines) == 1 and " || all params: " in report_lines[0] and " || trainable%: " in report_lines[0]
+    assert "loss=" in result.stderr and "tok_s=" in result.stderr          # the progress bar
+    record = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(record)
+    assert (record["method"], record["model"], record["task"], record["steps"]) == ("probe", "t5", "sentiment", 6)
+    assert 0 < record["trainable_params"] < record["total_params"]
+    assert set(record["metrics"]) == {"accuracy"} and len(record["dev_history"]) == 2
+    assert list(load_file(out / "peft.safetensors")) == ["model.lm_head.weight"]
+    assert record["checkpoint_bytes"] == (out / "peft.safetensors").stat().st_size
+    assert (out / "state.pt").is_file() and not list(out.glob("*.tmp"))
+
+
+def test_eval_only_reproduces_the_test_metric(trained, capsys):
+    out, _ = trained
+    code, stdout, stderr = train_here(capsys, "--eval-only", "--resume", out)
+    assert code == 0, stderr[-3000:]
+    evaluated, record = (json.loads((out / name).read_text()) for name in ("eval.json", "metrics.json"))
+    assert evaluated["metrics"] == record["metrics"] and evaluated["eval_only"]
+    assert f"test: accuracy {record['metrics']['accuracy']:.4g}" in stdout
+
+
+def test_loading_onto_a_different_base_is_refused_cleanly(trained, capsys):
+    out, _ = trained
+    code, _, stderr = train_here(capsys, "--eval-only", "--resume", out, "--random-base")
+    assert code == 2
+    assert stderr.startswith("error: ") and "trained on a different base model" in stderr
+
+
+def test_resuming_with_another_method_is_refused_cleanly(trained, capsys):
+    out, _ = trained
+    code, _, stderr = train_here(capsys, "--resume", out, "--method", "full")
+    assert code == 2 and "holds a 'probe' checkpoint, not 'full'" in stderr
+
+
+def test_malformed_data_is_an_error_with_the_line_number(t5_dir, tmp_path, capsys):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"input": "a", "target": "b"}\n{"input": "c"}\n' * 3)
+    code, _, stderr = train_here(capsys, "--method", "probe", "--model", "t5", "--weights", t5_dir, "--data", data)
+    assert code == 2 and "mine.jsonl, line 2: missing key 'target'" in stderr
+
+
+def test_unknown_method_lists_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_here(capsys, "--method", "lorra")
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "invalid choice: 'lorra'" in stderr and "probe" in stderr
+
+
+def test_hf_model_without_weights_says_what_to_pass(task, capsys):
+    code, _, stderr = train_here(capsys, "--method", "probe", "--model", "t5", "--data", task)
+    assert code == 2 and "--model t5 needs --weights DIR" in stderr
+
+
+def test_eval_only_without_resume_is_refused(capsys):
+    code, _, stderr = train_here(capsys, "--method", "probe", "--eval-only")
+    assert code == 2 and "--eval-only needs --resume DIR" in stderr
+
+
+def test_warmup_longer_than_the_run_is_refused(t5_dir, task, tmp_path, capsys):
+    code, _, stderr = train_here(capsys, "--method", "probe", "--model", "t5", "--weights", t5_dir, "--data", task,
+                                 "--steps", 5, "--warmup", 5, "--out", tmp_path)
+    assert code == 2 and "total_steps (5) must be greater than warmup_steps (5)" in stderr
+
+
+def test_gpt2_checkpoint_end_to_end(task, tmp_path_factory, tmp_path, capsys):
+    directory = make_gpt2_checkpoint(reference("transformers"), reference("tokenizers"), tmp_path_factory.mktemp("g"))
+    code, stdout, stderr = train_here(capsys, "--method", "full", "--model", "gpt2", "--weights", directory,
+                                      "--data", task, "--steps", 3, "--batch-size", 4, "--out", tmp_path)
+    assert code == 0, stderr[-3000:]
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["model"] == "gpt2" and record["trainable_params"] == record["total_params"]
+    assert stdout.count("trainable params:") == 1
+
+
+@pytest.mark.parametrize("text, value", [("8", 8), ("0.1", 0.1), ("1e-3", 1e-3), ("true", True), ("False", False),
+                                         ("none", None), ("q,v", ("q", "v")), ("q", "q"), ("1,2", (1, 2)),
+                                         ("encoder,decoder,cross", ("encoder", "decoder", "cross"))])
+def test_option_values_are_parsed(text, value):
+    assert load_train_script().parse_value(text) == value
+
+
+def test_option_needs_key_equals_value():
+    script = load_train_script()
+    assert script.parse_option("r=8") == ("r", 8)
+    with pytest.raises(Exception, match="expected KEY=VALUE"):
+        script.parse_option("r8")

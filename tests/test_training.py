@@ -1,0 +1,278 @@
+"""The training loop: strict data reading, batches, reproducibility, resuming, and DDP parity.
+
+Runs use a t5-format checkpoint shrunk to a few thousand parameters, made by `transformers` in a
+temp dir with a SentencePiece model trained on the test task (tests/tiny_runs.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from tiny_runs import subprocess_pythonpath, t5_dir, task, write_jsonl, write_task  # noqa: F401 (fixtures); first
+from minipeft import training
+from minipeft.taskdata import Batcher, DataError, Example, load_user_data, read_examples, task_kind
+from minipeft.tokenizers import T5Tokenizer
+from minipeft.training import PEFT_FILE, TrainConfig, TrainingError, global_batch_indices, run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Models of a few thousand parameters run fastest on one thread (and the CI machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(t5_dir, task, out, **changes):
+    settings = dict(method="full", model="t5", weights=str(t5_dir), data=str(task), steps=4, batch_size=8,
+                    eval_every=100, eval_examples=4, out=str(out), lr=1e-3)
+    return TrainConfig(**{**settings, **changes})
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+# -- reading data -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    ('{"input": "a", "target": "b"}\nnot json\n', r"line 2: not valid JSON"),
+    ('{"input": "a", "target": "b"}\n{"input": "a"}\n', r"line 2: missing key 'target'"),
+    ('{"input": "a", "target": "  "}\n', r"line 1: empty target"),
+    ('{"input": "a", "target": "b"}\n\n{"input": "a", "target": "b"}\n', r"line 2: empty line"),
+    ('["a", "b"]\n', r"line 1: expected a JSON object"),
+    ('{"input": "a", "target": 3}\n', r"line 1: 'target' must be a string"),
+])
+def test_malformed_jsonl_names_the_line_and_the_problem(tmp_path, content, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=rf"data.jsonl, {message}"):
+        read_examples(path)
+
+
+def test_malformed_tsv_names_the_column_count(tmp_path):
+    path = tmp_path / "data.tsv"
+    path.write_text("a\tb\nc\td\te\n")
+    with pytest.raises(DataError, match=r"line 2: expected 2 TAB-separated columns .* found 3"):
+        read_examples(path)
+
+
+def test_a_file_cut_off_mid_line_is_refused(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"input": "a", "target": "b"}\n{"input": "c", "tar')
+    with pytest.raises(DataError, match=r"line 2: .*does not end with a newline: was it cut off"):
+        read_examples(path)
+
+
+def test_a_complete_last_line_without_newline_is_read(tmp_path):
+    path = tmp_path / "data.tsv"
+    path.write_text("a\tb\nc\td")
+    assert read_examples(path) == [Example("a", "b"), Example("c", "d")]
+
+
+def test_a_single_file_is_split_80_10_10_the_same_way_every_time(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    write_jsonl(path, [{"input": f"x{i}", "target": "yes" if i % 2 else "no"} for i in range(50)])
+    first, second = load_user_data(path), load_user_data(path)
+    assert (len(first.train), len(first.dev), len(first.test)) == (40, 5, 5)
+    assert first == second
+    assert {e.input for e in first.train + first.dev + first.test} == {f"x{i}" for i in range(50)}
+
+
+def test_train_jsonl_uses_its_dev_and_test_siblings(task):
+    data = load_user_data(task)
+    assert (data.name, len(data.train), len(data.dev), len(data.test)) == ("sentiment", 64, 16, 16)
+    assert data.kind == "classification"
+
+
+def test_task_kind():
+    assert task_kind([Example("the soup was great", "positive")]) == "classification"
+    assert task_kind([Example("name[A] | food[Thai]", "A serves Thai food.")]) == "table-to-text"
+    assert task_kind([Example(f"q{i}", f"answer {i}") for i in range(30)]) == "generation"
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+def test_encoder_decoder_batch_puts_the_target_in_the_labels(t5_dir):
+    tokenizer = T5Tokenizer.from_dir(t5_dir)
+    batcher = Batcher(tokenizer, True, max_length=64, pad_token_id=0, eos_token_id=1)
+    batch = batcher.training_batch([Example("the soup was great", "positive"), Example("bad", "negative no")])
+    assert batch["input_ids"][0].tolist()[:batch["attention_mask"][0].sum()] == tokenizer.encode("the soup was great")
+    target = tokenizer.encode("negative no")                          # ends with </s>
+    assert batch["labels"][1].tolist() == target
+    padded = batch["labels"][0].tolist()
+    assert padded[:len(tokenizer.encode("positive"))] == tokenizer.encode("positive")
+    assert set(padded[len(tokenizer.encode("positive")):]) <= {-100}
+
+
+def test_decoder_only_batch_masks_the_input_and_separator(t5_dir):
+    tokenizer = T5Tokenizer.from_dir(t5_dir)
+    batcher = Batcher(tokenizer, False, max_length=64, pad_token_id=0, eos_token_id=1)
+    source, target = tokenizer.encode("the soup was great", add_eos=False), tokenizer.encode("positive", add_eos=False)
+    batch = batcher.training_batch([Example("the soup was great", "positive"), Example("a much longer input here "
+                                                                                        "than the first", "no")])
+    length = len(source) + 1 + len(target) + 1
+    assert batch["input_ids"][0, :length].tolist() == source + [1] + target + [1]          # input </s> target </s>
+    assert batch["labels"][0, :length].tolist() == [-100] * (len(source) + 1) + target + [1]
+    assert batch["attention_mask"][0].sum() == length and (batch["labels"][0, length:] == -100).all()
+
+
+def test_long_inputs_are_cut_and_counted_and_long_targets_refused(t5_dir):
+    tokenizer = T5Tokenizer.from_dir(t5_dir)
+    batcher = Batcher(tokenizer, True, max_length=6, pad_token_id=0, eos_token_id=1)
+    batch = batcher.training_batch([Example("the soup was great and the staff was friendly", "ok")])
+    assert batch["input_ids"].shape[1] == 6 and batch["input_ids"][0, -1] == 1 and batcher.cut_inputs == 1
+    with pytest.raises(DataError, match="more than the 6 this model allows"):
+        batcher.training_batch([Example("a", "the soup was great and the staff was friendly")])
+
+
+def test_each_epoch_is_a_permutation_and_batches_continue_across_epochs():
+    stream = [i for step in range(5) for i in global_batch_indices(step, 4, 10, seed=3)]   # 2 epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
+    assert stream[:10] != stream[10:20]
+    assert global_batch_indices(2, 4, 10, seed=3) == stream[8:12]
+
+
+def test_each_process_takes_its_own_share_of_the_global_batch():
+    indices = global_batch_indices(0, 8, 100, seed=0)
+    shares = [training.process_share(indices, rank, 2) for rank in range(2)]
+    assert shares[0] + shares[1] == indices and len(shares[0]) == 4
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+def test_same_seed_same_loss_curve_and_another_seed_another(t5_dir, task, tmp_path):
+    first = run(config(t5_dir, task, tmp_path / "a"), log=quiet)      # dropout 0.1 is on: it is seeded too
+    second = run(config(t5_dir, task, tmp_path / "b"), log=quiet)
+    other = run(config(t5_dir, task, tmp_path / "c", seed=1), log=quiet)
+    assert first["losses"] == second["losses"]
+    assert first["losses"] != other["losses"]
+    assert first["losses"][-1] < first["losses"][0]
+
+
+def test_the_checkpoint_holds_only_the_trained_tensors(t5_dir, task, tmp_path):
+    record = run(config(t5_dir, task, tmp_path, method="probe"), log=quiet)
+    tensors = load_file(tmp_path / PEFT_FILE)
+    assert list(tensors) == ["model.lm_head.weight"]
+    assert record["checkpoint_bytes"] == (tmp_path / PEFT_FILE).stat().st_size
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(t5_dir, task, tmp_path, monkeypatch):
+    straight = run(config(t5_dir, task, tmp_path / "straight", steps=6), log=quiet)
+
+    real_indices = training.global_batch_indices
+
+    def interrupt_at_step_3(step, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_indices(step, *args)
+
+    monkeypatch.setattr(training, "global_batch_indices", interrupt_at_step_3)
+    interrupted = run(config(t5_dir, task, tmp_path / "resumed", steps=6), log=quiet)
+    assert interrupted == {"interrupted": True, "steps": 3}
+    monkeypatch.setattr(training, "global_batch_indices", real_indices)
+    resumed = run(training.config_for_resume(tmp_path / "resumed", {}), resume=tmp_path / "resumed", log=quiet)
+
+    assert resumed["losses"] == straight["losses"]
+    final, expected = load_file(tmp_path / "resumed" / PEFT_FILE), load_file(tmp_path / "straight" / PEFT_FILE)
+    assert all(torch.equal(final[name], expected[name]) for name in expected)
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def test_eval_only_reproduces_the_test_metric(t5_dir, tmp_path_factory, tmp_path):
+    table = write_task(tmp_path_factory.mktemp("table") / "e2e", kind="table")
+    trained = run(config(t5_dir, table, tmp_path, steps=30, lr=3e-3), log=quiet)
+    assert set(trained["metrics"]) == {"bleu", "slot_coverage"}
+    again = run(training.config_for_resume(tmp_path, {}), resume=tmp_path, eval_only=True, log=quiet)
+    assert again["metrics"] == trained["metrics"]
+
+
+def test_a_different_base_is_refused(t5_dir, task, tmp_path):
+    run(config(t5_dir, task, tmp_path, method="probe"), log=quiet)
+    with pytest.raises(TrainingError, match="trained on a different base model"):
+        run(training.config_for_resume(tmp_path, {"random_base": True}), resume=tmp_path, eval_only=True, log=quiet)
+
+
+def test_unknown_method_option_is_a_training_error(t5_dir, task, tmp_path):
+    with pytest.raises(TrainingError, match="method 'full' has no option"):
+        run(config(t5_dir, task, tmp_path, options={"r": 8}), log=quiet)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(t5_dir, task, tmp_path):
+    """torchrun, 2 CPU processes (gloo), each with half of the global batch of 8, vs one process."""
+    one = run(config(t5_dir, task, tmp_path / "one", dropout=0.0, lr=3e-3), log=quiet)
+    flags = ["--method", "full", "--model", "t5", "--weights", str(t5_dir), "--data", str(task), "--steps", "4",
+             "--batch-size", "8", "--dropout", "0", "--lr", "3e-3", "--eval-examples", "4", "--out", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": subprocess_pythonpath(ROOT)}
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                             str(29400 + os.getpid() % 500), "train.py", *flags],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stdout.count("trainable params:") == 1           # only rank 0 prints
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["steps"] == one["steps"] == 4
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-5)
+    trained_one, trained_two = load_file(tmp_path / "one" / PEFT_FILE), load_file(tmp_path / "two" / PEFT_FILE)
+    assert set(trained_one) == set(trained_two)
+    for name in trained_one:
+        torch.testing.assert_close(trained_two[name], trained_one[name], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, optim", [("bf16", "adamw"), ("fp16", "adam"), ("fp32", "adafactor"), ("fp32", "sgd")])
+def test_every_precision_and_optimiser_trains(t5_dir, task, tmp_path, dtype, optim):
+    record = run(config(t5_dir, task, tmp_path, steps=3, dtype=dtype, optim=optim, lr=1e-2), log=quiet)
+    assert (record["dtype"], record["optim"], record["steps"]) == (dtype, optim, 3)
+    assert all(torch.isfinite(torch.tensor(record["losses"])))
+    if dtype != "fp16":
+        assert record["skipped_steps"] == 0   # only fp16's loss scaler skips steps
+    else:   # the checkpoint holds the fp16 model's tensors; state.pt the fp32 masters
+        state = torch.load(tmp_path / "state.pt", weights_only=True)
+        assert state["masters"][0].dtype == torch.float32 and state["scaler"]["scale"] > 0
+
+
+def test_results_command_runs_each_configuration_and_prints_the_table(t5_dir, task, tmp_path, monkeypatch, capsys):
+    from minipeft import results, taskdata
+    monkeypatch.setattr(taskdata, "TASK_DIR", task.parent.parent)       # tasks/<name>/train.jsonl
+    code = results.main(["--methods", "full", "probe", "--models", "t5", "--weights", str(t5_dir), "--random-base",
+                         "--steps", "3", "--batch-size", "4", "--out", str(tmp_path)])
+    assert code == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [(r["method"], r["random_base"]) for r in runs] == [("full", False), ("probe", False), ("full", True),
+                                                                ("probe", True)]
+    assert all(r["task"] == "sentiment" and r["steps"] == 3 for r in runs)
+    table = capsys.readouterr().out.strip().splitlines()[-6:]
+    assert table[0].startswith("| method | base | task | trainable params | trainable % | checkpoint | test score")
+    assert len(table) == 6 and "| probe | t5 (random) | sentiment |" in table[-1]
+    assert (tmp_path / "results.md").read_text().strip().splitlines() == table
+
+
+def test_default_learning_rate_comes_from_the_method_or_the_table(monkeypatch):
+    from minipeft.methods import METHODS
+    assert TrainConfig(method="probe").learning_rate == training.DEFAULT_LR["probe"]
+    assert TrainConfig(method="probe", lr=0.5).learning_rate == 0.5
+    monkeypatch.setattr(METHODS["probe"], "default_lr", 0.25, raising=False)
+    assert TrainConfig(method="probe").learning_rate == 0.25
+
+
+def test_the_embedded_tasks_load_with_their_kinds():
+    from minipeft.taskdata import load_task
+    kinds = {name: load_task(name).kind for name in ("sentiment", "nli", "e2e")}
+    assert kinds == {"sentiment": "classification", "nli": "classification", "e2e": "table-to-text"}
+
+
+def test_e2e_references_mention_every_slot_in_the_world_s_phrasing():
+    from minipeft.metrics import slot_coverage
+    from minipeft.taskdata import load_task
+    e2e = load_task("e2e")
+    tables, references = [e.input for e in e2e.test], [e.target for e in e2e.test]
+    assert slot_coverage(tables, references, e2e.slot_phrases) == 1.0
+    assert slot_coverage(tables, references) < 0.9     # "familyFriendly[yes]" is said "family friendly"
