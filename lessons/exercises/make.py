@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent.parent / "minipeft"
-MODULES = ("attention", "t5")
+MODULES = ("attention", "t5", "objectives")
 
 START = re.compile(r"^(?P<indent>\s*)# exercise: (?P<hint>.+)$")
 END = re.compile(r"^\s*# end exercise\s*$")
