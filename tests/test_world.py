@@ -40,7 +40,7 @@ def test_another_seed_gives_another_world(tmp_path):
 
 
 def test_shipped_data_is_what_the_generator_writes():
-    """data/ must be regenerated (`python -m minipeft.world`) whenever world.py changes."""
+    """data/ must be regenerated (`python -m minipeft.world`) whenever minipeft/world/ changes."""
     for name, text in world.generate_texts(seed=0).items():
         assert (DATA_DIR / name).read_text(encoding="utf-8") == text, f"data/{name} is stale: run python -m minipeft.world"
 
