@@ -39,8 +39,10 @@ def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
 
 
 def linear(x, weight, bias=None, packed=None):
-    """``y = x Wᵀ + b`` for x (…, in): from the packed copy of W when there is one and no gradient is needed."""
-    if packed is not None and not torch.is_grad_enabled():
+    """``y = x Wᵀ + b`` for x (…, in): from the packed copy of W when there is one, no gradient is
+    needed and the computation is float32 (under bf16/fp16 autocast, F.linear casts as usual)."""
+    if (packed is not None and not torch.is_grad_enabled() and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type)):
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
 

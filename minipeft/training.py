@@ -125,7 +125,12 @@ class TrainConfig:
 def build_base(config: TrainConfig):
     """(model, tokenizer) for ``config.model``; ``random_base`` re-initialises the same architecture."""
     if config.model in TINY_BASES:
-        from . import bases
+        try:
+            from . import bases
+        except ImportError:  # minipeft/bases.py lands with the pretrained tiny bases (issue 5)
+            raise TrainingError(f"--model {config.model}: the tiny pretrained bases are not in this checkout yet; "
+                                f"train on a Hugging Face checkpoint with --model t5 --weights DIR "
+                                f"(or --model gpt2 --weights DIR)") from None
         return bases.random_base(config.model) if config.random_base else bases.load_base(config.model)
     if config.model not in HF_BASES:
         raise TrainingError(f"unknown model {config.model!r}; choose one of {', '.join(TINY_BASES + HF_BASES)}")

@@ -77,3 +77,11 @@ def test_tied_embedding_gradient_is_dense_and_equals_a_dense_lookup(index, monke
     torch.manual_seed(0)
     loss().backward()
     torch.testing.assert_close(weight.grad, fast, rtol=1e-5, atol=1e-6)
+
+
+@needs_onednn
+def test_generation_under_bf16_autocast_falls_back_to_f_linear():
+    model = tiny_models()[0]
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.generate(ids, max_new_tokens=3).shape == (2, 3)
