@@ -46,6 +46,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from . import bases
 from .convert import load_hf
 from .methods import METHODS, count_parameters, get_peft, load_trained, save_trained
 from .methods.base import read_checkpoint
@@ -63,7 +64,7 @@ PEFT_FILE, STATE_FILE, METRICS_FILE, EVAL_FILE = "peft.safetensors", "state.pt",
 # given. Methods that train few parameters far from the output (prompts, prefixes) need larger
 # steps than those that adjust existing weights; full fine-tuning the smallest. A method class may
 # instead declare its own ``default_lr``, which wins over this table.
-DEFAULT_LR = {"full": 3e-4, "probe": 3e-3, "bitfit": 3e-3, "lora": 1e-3, "adapter": 1e-3,
+DEFAULT_LR = {"full": 3e-4, "probe": 3e-2, "bitfit": 3e-3, "lora": 1e-3, "adapter": 1e-3,
               "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2, "ptuning_v2": 1e-2}
 FALLBACK_LR = 1e-3
 
@@ -126,12 +127,9 @@ def build_base(config: TrainConfig):
     """(model, tokenizer) for ``config.model``; ``random_base`` re-initialises the same architecture."""
     if config.model in TINY_BASES:
         try:
-            from . import bases
-        except ImportError:  # minipeft/bases.py lands with the pretrained tiny bases (issue 5)
-            raise TrainingError(f"--model {config.model}: the tiny pretrained bases are not in this checkout yet; "
-                                f"train on a Hugging Face checkpoint with --model t5 --weights DIR "
-                                f"(or --model gpt2 --weights DIR)") from None
-        return bases.random_base(config.model) if config.random_base else bases.load_base(config.model)
+            return bases.random_base(config.model) if config.random_base else bases.load_base(config.model)
+        except (ValueError, FileNotFoundError) as error:   # missing or damaged data/bases/NAME
+            raise TrainingError(str(error)) from None
     if config.model not in HF_BASES:
         raise TrainingError(f"unknown model {config.model!r}; choose one of {', '.join(TINY_BASES + HF_BASES)}")
     if not config.weights:

@@ -151,3 +151,22 @@ def test_option_needs_key_equals_value():
     assert script.parse_option("r=8") == ("r", 8)
     with pytest.raises(Exception, match="expected KEY=VALUE"):
         script.parse_option("r8")
+
+
+@pytest.mark.parametrize("model, task_name", [("tiny-t5", "e2e"), ("tiny-gpt", "sentiment")])
+def test_the_shipped_tiny_bases_train_on_the_embedded_tasks(model, task_name, tmp_path, capsys):
+    """What the README's first command does, shortened: a shipped base, a shipped task, the files."""
+    code, out, err = train_here(capsys, "--method", "lora", "--model", model, "--task", task_name, "--steps", 3,
+                                "--batch-size", 4, "--eval-examples", 8, "--out", tmp_path)
+    assert code == 0, err
+    assert "trainable params: " in out and "test: " in out
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(record) and (record["model"], record["task"]) == (model, task_name)
+    assert record["metrics"]
+
+
+def test_a_random_base_is_the_same_architecture_untrained(tmp_path, capsys):
+    code, out, err = train_here(capsys, "--method", "probe", "--random-base", "--steps", 2, "--batch-size", 4,
+                                "--eval-examples", 8, "--out", tmp_path)
+    assert code == 0, err
+    assert "random" in out and json.loads((tmp_path / "metrics.json").read_text())["random_base"] is True

@@ -8,44 +8,18 @@ BPE trained on the task's sentences, and a `transformers` model with random weig
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import pytest
 
-# -- stand-in for minipeft.objectives until the data branch lands ----------------------------------
-# The training loop imports seq2seq_loss and causal_lm_loss from minipeft/objectives.py, which the
-# `data` branch writes. Until it is merged, the tests install this stand-in of the same contract
-# (F11.5 / F11.1 mean cross-entropy over labels != -100; the causal loss shifts by one), in this
-# process and, through a sitecustomize.py on PYTHONPATH, in the train.py processes they start.
-# Delete this block (and STANDIN_PATH's uses) once minipeft/objectives.py exists.
-STANDIN_SOURCE = """
-import importlib.util, sys, types
-if importlib.util.find_spec("minipeft.objectives") is None:
-    import torch.nn.functional as F
-    objectives = types.ModuleType("minipeft.objectives")
-    def seq2seq_loss(logits, labels, ignore_index=-100):
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=ignore_index)
-    def causal_lm_loss(logits, labels, ignore_index=-100):
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=ignore_index)
-    objectives.seq2seq_loss, objectives.causal_lm_loss = seq2seq_loss, causal_lm_loss
-    sys.modules["minipeft.objectives"] = objectives
-"""
-STANDIN_PATH = Path(tempfile.gettempdir()) / "minipeft-objectives-standin"
-if importlib.util.find_spec("minipeft.objectives") is None:
-    STANDIN_PATH.mkdir(exist_ok=True)
-    (STANDIN_PATH / "sitecustomize.py").write_text(STANDIN_SOURCE)
-    exec(STANDIN_SOURCE)
-
 
 def subprocess_pythonpath(root) -> str:
-    """PYTHONPATH for a train.py child process: the repository (and the stand-in while needed)."""
-    parts = [str(root)] + ([str(STANDIN_PATH)] if STANDIN_PATH.is_dir() else [])
-    return os.pathsep.join(parts + [os.environ.get("PYTHONPATH", "")])
+    """PYTHONPATH for a train.py child process: the repository first."""
+    return os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+
 
 GOOD = ["great", "lovely", "tasty", "superb", "friendly", "fresh"]
 BAD = ["awful", "cold", "rude", "bland", "dirty", "stale"]
