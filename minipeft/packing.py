@@ -8,9 +8,15 @@ then reuse the packed copy: on this project's 2-core CPU it makes the (B=8) matm
 decoding step 1.5-2x faster (``python -m minipeft.benchmarks.models`` measures it).
 
 The math is unchanged, ``y = x Wᵀ + b``; only the memory layout of W differs, so results agree
-with ``F.linear`` to float32 rounding (``tests/test_packing.py``). Packing is only done inside
-``generate``, under ``torch.no_grad()``, and undone when it returns: a packed copy would go stale
-the moment an optimiser changes the weight, and it has no backward.
+with ``F.linear`` to float32 rounding (``tests/test_fast_paths.py``). Packed copies are used only
+inside ``generate``, under ``torch.no_grad()``: they have no backward.
+
+Packing costs about as much as two decoding steps, so the copy is kept for the next ``generate``
+call (one per weight, for the last batch size) and made again only when the weight has changed:
+every in-place change of a tensor (an optimiser step, ``load_state_dict``, LoRA's ``merge``)
+bumps its version counter, which is part of the key. The price is memory: while a weight lives,
+so does its packed copy (about the size of the decoder and the head). ``forget_packed()`` drops
+them all.
 
     with packed_for_decoding(model, rows=batch * beams):
         …the decoder's ``Linear`` layers and the LM head use their packed copy…
@@ -23,6 +29,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+# weight → (rows, weight's version when packed, packed copy); an entry dies with its weight.
+_packed_copies = WeakIdKeyDictionary()
 
 
 def can_pack(weight: torch.Tensor) -> bool:
@@ -36,6 +46,22 @@ def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
     if not can_pack(weight):
         return None
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+
+def packed_copy(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """``pack_weight(weight, rows)``, reused while ``weight`` is unchanged since it was packed."""
+    kept = _packed_copies.get(weight)
+    if kept is not None and kept[:2] == (rows, weight._version):
+        return kept[2]
+    packed = pack_weight(weight, rows)
+    if packed is not None:
+        _packed_copies[weight] = (rows, weight._version, packed)
+    return packed
+
+
+def forget_packed() -> None:
+    """Drop every kept packed copy (they are only a cache: the next ``generate`` packs again)."""
+    _packed_copies.clear()
 
 
 def linear(x, weight, bias=None, packed=None):
@@ -60,13 +86,13 @@ class Linear(nn.Linear):
 def packed_for_decoding(model: nn.Module, rows: int):
     """Pack every :class:`Linear` that runs at each decoding step (``model.decoding_layers()``: T5's
     decoder, not its encoder, which runs once) and the LM head (``model.packed_head``) for ``rows``
-    input rows; drop the packed copies on exit."""
+    input rows (reusing the copies of an earlier call where the weights are unchanged)."""
     layers = [module for module in model.decoding_layers().modules() if isinstance(module, Linear)]
     try:
         with torch.no_grad():
             for layer in layers:
-                layer.packed = pack_weight(layer.weight, rows)
-            model.packed_head = pack_weight(model.head_weight(), rows)
+                layer.packed = packed_copy(layer.weight, rows)
+            model.packed_head = packed_copy(model.head_weight(), rows)
         yield model
     finally:
         for layer in layers:

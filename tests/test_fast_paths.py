@@ -85,3 +85,34 @@ def test_generation_under_bf16_autocast_falls_back_to_f_linear():
     ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.generate(ids, max_new_tokens=3).shape == (2, 3)
+
+
+
+@needs_onednn
+def test_packed_copies_are_reused_until_the_weight_changes():
+    """The cache is keyed on the weight's version: an in-place change (an optimiser step) repacks."""
+    weight = torch.randn(16, 8)
+    first = packing.packed_copy(weight, rows=4)
+    assert packing.packed_copy(weight, rows=4) is first
+    assert packing.packed_copy(weight, rows=2) is not first          # another batch size
+    with torch.no_grad():
+        weight.add_(1.0)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(packing.linear(x, weight, packed=packing.packed_copy(weight, rows=4)),
+                                   x @ weight.T)
+
+
+@needs_onednn
+@pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
+def test_generation_after_an_in_place_weight_change_uses_the_new_weights(index, monkeypatch):
+    model = tiny_models()[index]
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    model.generate(ids, max_new_tokens=6)                               # packs and keeps the copies
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(-1.5)                                          # as an optimiser step would
+    after = model.generate(ids, max_new_tokens=6)
+    monkeypatch.setattr(packing, "pack_weight", lambda weight, rows: None)
+    packing.forget_packed()
+    assert torch.equal(model.generate(ids, max_new_tokens=6), after)
