@@ -14,6 +14,7 @@ fine-tuning's on the same base and task, when full was run too.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -68,6 +69,20 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def finished_run(config: TrainConfig) -> dict | None:
+    """The record in ``config.out/metrics.json`` if that run finished with this configuration."""
+    path = Path(config.out) / "metrics.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    same = {"method": config.method, "model": config.model, "random_base": config.random_base, "steps": config.steps,
+            "batch_size": config.batch_size, "seed": config.seed, "lr": config.learning_rate}
+    if any(record.get(key) != value for key, value in same.items()) or record.get("interrupted"):
+        return None
+    record.pop("losses", None)
+    return record
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,6 +98,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results", help="(default results/)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a configuration's finished run (its metrics.json, same steps, batch, seed and "
+                             "learning rate) instead of training it again: continue an interrupted table")
     args = parser.parse_args(argv)
     tasks = args.tasks or task_names()
     if not tasks:
@@ -99,6 +117,11 @@ def main(argv=None) -> int:
                                          steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                          eval_every=args.steps,
                                          out=str(run_directory(out, model, random_base, task, method)))
+                    record = finished_run(config) if args.reuse else None
+                    if record is not None:
+                        print(f"reusing {config.out}")
+                        records.append(record)
+                        continue
                     try:
                         record = run(config)
                         record.pop("losses", None)
