@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import GPTAttention, KVCache, causal_mask, padding_mask, with_prefix_columns

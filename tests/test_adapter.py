@@ -14,21 +14,9 @@ import minipeft
 from minipeft.methods import count_parameters, get_peft, load_trained, save_trained
 from minipeft.methods.adapter import AdapterAfter, BottleneckAdapter
 
-T5_TINY = minipeft.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=3,
-                            num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0)
-GPT_TINY = minipeft.GPTConfig(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=4, dropout=0.0,
-                              eos_token_id=1, pad_token_id=0)
+from tiny_models import batch, tiny
+
 PLACEMENTS = ["houlsby", "pfeiffer", "self_attn"]
-
-
-def tiny(kind, seed=0):
-    torch.manual_seed(seed)
-    return (minipeft.T5Model(T5_TINY) if kind == "t5" else minipeft.GPT(GPT_TINY)).eval()
-
-
-def batch(kind):
-    ids = torch.randint(2, 64, (2, 6), generator=torch.Generator().manual_seed(1))
-    return dict(input_ids=ids, decoder_input_ids=ids[:, :4]) if kind == "t5" else dict(input_ids=ids)
 
 
 def randomize_adapters(peft, seed=0):

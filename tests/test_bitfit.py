@@ -12,16 +12,7 @@ from minipeft.methods import count_parameters, get_peft, load_trained, save_trai
 
 from conftest import reference
 from reference_models import GPT2_SMALL_TEST, T5_SMALL, hf_gpt2
-
-T5_TINY = minipeft.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=3,
-                            num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0)
-GPT_TINY = minipeft.GPTConfig(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=4, dropout=0.0,
-                              eos_token_id=1, pad_token_id=0)
-
-
-def tiny(kind, seed=0):
-    torch.manual_seed(seed)
-    return (minipeft.T5Model(T5_TINY) if kind == "t5" else minipeft.GPT(GPT_TINY)).eval()
+from tiny_models import empty_model, tiny
 
 
 def gpt_inputs():
@@ -36,12 +27,6 @@ def train_biases(peft, seed=0):
             if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.3)
     return peft
-
-
-def empty_model(config):
-    with torch.device("meta"):
-        model = minipeft.T5Model(config) if isinstance(config, minipeft.T5Config) else minipeft.GPT(config)
-    return model.to_empty(device="cpu")
 
 
 def test_gpt_trains_exactly_its_biases():

@@ -16,22 +16,14 @@ from minipeft.methods.lora import LoRALinear
 
 from conftest import reference
 from reference_models import GPT2_SMALL_TEST, hf_gpt2, hf_t5
+import tiny_models
+from tiny_models import batch, empty_model
 
-T5_TINY = minipeft.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2,
-                            num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0)
-GPT_TINY = minipeft.GPTConfig(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=4, dropout=0.0,
-                              eos_token_id=1, pad_token_id=0)
 T5_PARITY = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
 
 
 def tiny(kind, seed=0):
-    torch.manual_seed(seed)
-    return (minipeft.T5Model(T5_TINY) if kind == "t5" else minipeft.GPT(GPT_TINY)).eval()
-
-
-def batch(kind, vocab=64):
-    ids = torch.randint(2, vocab, (2, 6), generator=torch.Generator().manual_seed(1))
-    return dict(input_ids=ids, decoder_input_ids=ids[:, :4]) if kind == "t5" else dict(input_ids=ids)
+    return tiny_models.tiny(kind, seed, decoder_layers=2)
 
 
 def randomize_lora(peft, seed=0):
@@ -42,13 +34,6 @@ def randomize_lora(peft, seed=0):
             layer.lora_A.weight.copy_(torch.randn(layer.lora_A.weight.shape, generator=generator) * 0.3)
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=generator) * 0.3)
     return peft
-
-
-def empty_model(config):
-    """A full-size model without initialising it: counting needs shapes, not values."""
-    with torch.device("meta"):
-        model = minipeft.T5Model(config) if isinstance(config, minipeft.T5Config) else minipeft.GPT(config)
-    return model.to_empty(device="cpu")
 
 
 # ---- the layer: F6.1, F6.2 ----------------------------------------------------------------------

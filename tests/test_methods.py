@@ -7,20 +7,15 @@ import minipeft
 from minipeft.methods import get_peft, load_trained, method_names, save_trained
 from minipeft.methods.base import read_checkpoint
 
-T5_TINY = minipeft.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2,
-                            num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0)
-GPT_TINY = minipeft.GPTConfig(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=4, dropout=0.0,
-                              eos_token_id=1, pad_token_id=0)
+import tiny_models
 
 
 def tiny(kind, seed=0):
-    torch.manual_seed(seed)
-    return minipeft.T5Model(T5_TINY) if kind == "t5" else minipeft.GPT(GPT_TINY)
+    return tiny_models.tiny(kind, seed, decoder_layers=2)
 
 
 def batch(kind):
-    ids = torch.randint(2, 64, (2, 5), generator=torch.Generator().manual_seed(1))
-    return dict(input_ids=ids, decoder_input_ids=ids[:, :3]) if kind == "t5" else dict(input_ids=ids)
+    return tiny_models.batch(kind, length=5, decoder_length=3)
 
 
 def test_unknown_method_lists_the_known_ones():

@@ -13,38 +13,12 @@ from minipeft.methods import count_parameters, get_peft, load_trained, save_trai
 
 from conftest import reference
 from reference_models import hf_gpt2, hf_t5
-
-T5_TINY = minipeft.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2,
-                            num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0)
-GPT_TINY = minipeft.GPTConfig(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=4, dropout=0.0,
-                              eos_token_id=1, pad_token_id=0)
+import tiny_models
+from tiny_models import assert_same_until_eos, padded_batch as batch
 
 
 def tiny(kind, seed=0):
-    """A tiny model with weights wide enough that greedy decoding does not repeat one token."""
-    torch.manual_seed(seed)
-    model = minipeft.T5Model(T5_TINY) if kind == "t5" else minipeft.GPT(GPT_TINY)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 1.5 / param.shape[1] ** 0.5)
-    return model.eval()
-
-
-def assert_same_until_eos(recomputed, generated, eos):
-    """Generated ids equal the recomputed argmax up to each row's first end-of-sequence (then padding)."""
-    after_eos = (generated == eos).long().cumsum(dim=1) - (generated == eos).long() > 0
-    assert torch.equal(recomputed.masked_fill(after_eos, -1), generated.masked_fill(after_eos, -1))
-
-
-def batch(kind):
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, 64, (2, 6), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
-    if kind == "t5":
-        return dict(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.randint(2, 64, (2, 3), generator=generator))
-    return dict(input_ids=ids)
+    return tiny_models.tiny(kind, seed, decoder_layers=2, wide=True)
 
 
 # ---- the formula ----------------------------------------------------------------------------------
