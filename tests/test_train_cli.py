@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, reference
-from tiny_runs import make_gpt2_checkpoint, subprocess_pythonpath, t5_dir, task  # noqa: F401 (fixtures)
+from tiny_runs import make_gpt2_checkpoint, make_t5_checkpoint, subprocess_pythonpath, t5_dir, task  # noqa: F401 (fixtures)
 
 REQUIRED_KEYS = {"method", "model", "task", "trainable_params", "total_params", "metrics", "train_seconds", "steps",
                  "checkpoint_bytes"}
@@ -170,3 +170,18 @@ def test_a_random_base_is_the_same_architecture_untrained(tmp_path, capsys):
                                 "--eval-examples", 8, "--out", tmp_path)
     assert code == 0, err
     assert "random" in out and json.loads((tmp_path / "metrics.json").read_text())["random_base"] is True
+
+
+T5_SMALL_SHAPE = dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8,
+                      relative_attention_num_buckets=32)
+
+
+def test_a_t5_small_shaped_checkpoint_trains_end_to_end(task, tmp_path, capsys):
+    """Issue 5: transformers' t5-small layout (60 M parameters less the vocabulary) with a local spiece.model."""
+    weights = make_t5_checkpoint(reference("transformers"), tmp_path / "t5-small", **T5_SMALL_SHAPE)
+    code, out, err = train_here(capsys, "--method", "lora", "--model", "t5", "--weights", weights, "--data", task,
+                                "--steps", 2, "--batch-size", 2, "--eval-examples", 4, "--out", tmp_path / "run")
+    assert code == 0, err
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["trainable_params"] == 294_912                     # LoRA r=8 on q, v of t5-small, as peft counts
+    assert record["metrics"]["accuracy"] >= 0 and "test: accuracy" in out

@@ -82,7 +82,8 @@ def make_t5_checkpoint(transformers, directory: Path, seed: int = 0, **config) -
     pieces = sentencepiece.SentencePieceProcessor(model_file=str(directory / "spiece.model")).get_piece_size()
     settings = dict(vocab_size=pieces + 100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
                     num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.1, feed_forward_proj="relu",
-                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **config)
+                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    settings.update(config)
     torch.manual_seed(seed)
     model = transformers.T5ForConditionalGeneration(transformers.T5Config(**settings))
     model.save_pretrained(str(directory))
