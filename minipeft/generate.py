@@ -10,7 +10,8 @@ Both models expose the same three methods, so one decoding loop serves both:
 token chosen at step t-1: one row of attention per layer instead of re-running the whole prefix.
 
 While ``generate`` runs, every weight matrix is used from a copy packed for B-row matmuls
-(``packing.py``): the same numbers, laid out once for the small-batch kernel instead of at every step.
+(``packing.py``): the same numbers, laid out once for the small-batch kernel instead of at every step,
+and kept for the next call while the weights are unchanged.
 
 Generation does not switch the model to ``eval()``: call it yourself (dropout would otherwise
 make greedy decoding random). ``generate`` returns only the new tokens, (B, ≤ max_new_tokens);
