@@ -1,5 +1,6 @@
 """The results table: every chosen method × task × base, trained by the one training loop.
 
+    python -m minipeft.results --readme                              the README's tables (about an hour on 2 cores)
     python -m minipeft.results                                       every method × every task, tiny-t5
     python -m minipeft.results --methods full probe --random-base    baselines, pretrained vs untrained base
     python -m minipeft.results --models tiny-t5 tiny-gpt --tasks sentiment --steps 200
@@ -83,10 +84,45 @@ def finished_run(config: TrainConfig) -> dict | None:
     return record
 
 
+def readme_grid(tasks: list[str]) -> list[tuple[str, bool, str, str]]:
+    """The README's tables: every method × task on tiny-t5, every method on tiny-gpt's sentiment,
+    and the full / probe baselines on an untrained tiny-t5 for every task."""
+    grid = [("tiny-t5", False, task, method) for task in tasks for method in method_names()]
+    grid += [("tiny-gpt", False, "sentiment", method) for method in method_names()]
+    grid += [("tiny-t5", True, task, method) for task in tasks for method in ("full", "probe")]
+    return grid
+
+
+def run_grid(grid, args, out: Path) -> list[dict]:
+    """Train (or, with ``--reuse``, reload) every ``(model, random_base, task, method)`` of ``grid``."""
+    records = []
+    for model, random_base, task, method in grid:
+        config = TrainConfig(method=method, model=model, weights=args.weights, random_base=random_base, task=task,
+                             steps=args.steps, batch_size=args.batch_size, seed=args.seed, eval_every=args.steps,
+                             out=str(run_directory(out, model, random_base, task, method)))
+        record = finished_run(config) if args.reuse else None
+        if record is not None:
+            print(f"reusing {config.out}")
+        else:
+            try:
+                record = run(config)
+                record.pop("losses", None)
+            except TrainingError as error:
+                print(f"error: {error}", file=sys.stderr)
+                record = {"method": method, "model": model, "random_base": random_base, "task": task,
+                          "error": str(error).splitlines()[0]}
+        records.append(record)
+        write_json(out / "results.json", {"runs": records})   # after every run: nothing lost
+    return records
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--readme", action="store_true",
+                        help="the README's grid: every method × task on tiny-t5, every method on tiny-gpt's "
+                             "sentiment, full and probe on an untrained tiny-t5 (ignores --methods/--models)")
     parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names(), metavar="METHOD",
                         help=f"(default: all: {', '.join(method_names())})")
     parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="(default: every task in data/tasks)")
@@ -106,33 +142,15 @@ def main(argv=None) -> int:
     if not tasks:
         print("error: no tasks found in data/tasks; generate them first (see data/README.md)", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    records = []
-    for model in args.models:
-        for random_base in (False, True) if args.random_base else (False,):
-            for task in tasks:
-                for method in args.methods:
-                    config = TrainConfig(method=method, model=model, weights=args.weights,
-                                         random_base=random_base, task=task,
-                                         steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                                         eval_every=args.steps,
-                                         out=str(run_directory(out, model, random_base, task, method)))
-                    record = finished_run(config) if args.reuse else None
-                    if record is not None:
-                        print(f"reusing {config.out}")
-                        records.append(record)
-                        continue
-                    try:
-                        record = run(config)
-                        record.pop("losses", None)
-                    except TrainingError as error:
-                        print(f"error: {error}", file=sys.stderr)
-                        record = {"method": method, "model": model, "random_base": random_base, "task": task,
-                                  "error": str(error).splitlines()[0]}
-                    records.append(record)
-                    write_json(out / "results.json", {"runs": records})   # after every run: nothing lost
+    if args.readme:
+        grid = readme_grid(tasks)
+    else:
+        grid = [(model, random_base, task, method) for model in args.models
+                for random_base in ((False, True) if args.random_base else (False,))
+                for task in tasks for method in args.methods]
+    records = run_grid(grid, args, Path(args.out))
     markdown = table(records)
-    atomic_write(out / "results.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    atomic_write(Path(args.out) / "results.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
     print(markdown)
     return 0
 

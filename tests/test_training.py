@@ -276,3 +276,16 @@ def test_e2e_references_mention_every_slot_in_the_world_s_phrasing():
     tables, references = [e.input for e in e2e.test], [e.target for e in e2e.test]
     assert slot_coverage(tables, references, e2e.slot_phrases) == 1.0
     assert slot_coverage(tables, references) < 0.9     # "familyFriendly[yes]" is said "family friendly"
+
+
+def test_the_readme_grid_covers_every_method_and_task_and_the_random_baselines():
+    from minipeft.methods import method_names
+    from minipeft.results import readme_grid
+    grid = readme_grid(["sentiment", "nli", "e2e"])
+    assert {(task, method) for model, random, task, method in grid if model == "tiny-t5" and not random} == \
+        {(task, method) for task in ("sentiment", "nli", "e2e") for method in method_names()}
+    assert {method for model, _, task, method in grid if model == "tiny-gpt" and task == "sentiment"} == \
+        set(method_names())
+    assert {(task, method) for _, random, task, method in grid if random} == \
+        {(task, method) for task in ("sentiment", "nli", "e2e") for method in ("full", "probe")}
+    assert len(grid) == len(set(grid))
