@@ -42,6 +42,11 @@ def human_bytes(size: int) -> str:
         size /= 1024
 
 
+def method_label(record: dict) -> str:
+    options = record.get("options") or {}
+    return record["method"] + "".join(f" {key}={value}" for key, value in options.items())
+
+
 def format_score(record: dict) -> str:
     metrics = record["metrics"]
     if "accuracy" in metrics:
@@ -60,12 +65,12 @@ def table(records: list[dict]) -> str:
     for r in records:
         base = base_label(r["model"], r["random_base"])
         if "error" in r:
-            lines.append(f"| {r['method']} | {base} | {r['task']} | error: {r['error']} |" + " |" * 5)
+            lines.append(f"| {method_label(r)} | {base} | {r['task']} | error: {r['error']} |" + " |" * 5)
             continue
         full = full_scores.get((r["model"], r["random_base"], r["task"]))
         versus_full = f"{100 * r['score'] / full:.0f}%" if full else "–"
         lines.append(" | ".join([
-            f"| {r['method']}", base, r["task"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3g}%",
+            f"| {method_label(r)}", base, r["task"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3g}%",
             human_bytes(r["checkpoint_bytes"]), format_score(r), versus_full, f"{r['train_seconds']:.0f} s |"]))
     return "\n".join(lines)
 
@@ -77,11 +82,16 @@ def finished_run(config: TrainConfig) -> dict | None:
         return None
     record = json.loads(path.read_text())
     same = {"method": config.method, "model": config.model, "random_base": config.random_base, "steps": config.steps,
-            "batch_size": config.batch_size, "seed": config.seed, "lr": config.learning_rate}
+            "batch_size": config.batch_size, "seed": config.seed, "lr": config.learning_rate,
+            "options": config.options}
     if any(record.get(key) != value for key, value in same.items()) or record.get("interrupted"):
         return None
     record.pop("losses", None)
     return record
+
+
+# Options a method needs on a base (T5 has no biases: BitFit trains its norm scales, F10.3's documented alternative).
+BASE_OPTIONS = {("tiny-t5", "bitfit"): {"bitfit_fallback": "layer_norm"}}
 
 
 def readme_grid(tasks: list[str]) -> list[tuple[str, bool, str, str]]:
@@ -97,7 +107,9 @@ def run_grid(grid, args, out: Path) -> list[dict]:
     """Train (or, with ``--reuse``, reload) every ``(model, random_base, task, method)`` of ``grid``."""
     records = []
     for model, random_base, task, method in grid:
-        config = TrainConfig(method=method, model=model, weights=args.weights, random_base=random_base, task=task,
+        options = BASE_OPTIONS.get((model, method), {}) if args.readme else {}
+        config = TrainConfig(method=method, options=options, model=model, weights=args.weights,
+                             random_base=random_base, task=task,
                              steps=args.steps, batch_size=args.batch_size, seed=args.seed, eval_every=args.steps,
                              out=str(run_directory(out, model, random_base, task, method)))
         record = finished_run(config) if args.reuse else None
@@ -109,7 +121,7 @@ def run_grid(grid, args, out: Path) -> list[dict]:
                 record.pop("losses", None)
             except TrainingError as error:
                 print(f"error: {error}", file=sys.stderr)
-                record = {"method": method, "model": model, "random_base": random_base, "task": task,
+                record = {"method": method, "options": options, "model": model, "random_base": random_base, "task": task,
                           "error": str(error).splitlines()[0]}
         records.append(record)
         write_json(out / "results.json", {"runs": records})   # after every run: nothing lost
