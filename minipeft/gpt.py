@@ -26,6 +26,7 @@ from torch import nn
 from .attention import GPTAttention, KVCache, causal_mask, padding_mask, with_prefix_columns
 from .functional import check_token_ids, embedding, gelu_tanh
 from .generate import GenerationMixin
+from .optim.init import gpt2_init_
 from .packing import Linear, linear
 from .shapes import Dims
 
@@ -99,18 +100,11 @@ class GPT(GenerationMixin, nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """GPT-2's initialisation (F12.6): N(0, 0.02) for embeddings and matrices, zero biases,
-        and the projections that write into the residual stream (``c_proj``) scaled by 1/√(2L),
-        since each of the 2L sublayers adds its output to the same stream."""
-        for name, param in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                param.normal_(0, 0.02 / (2 * self.config.n_layer) ** 0.5)
-            elif name.endswith("bias"):
-                param.zero_()
-            elif "ln_" in name:
-                param.fill_(1.0)
-            else:
-                param.normal_(0, 0.02)
+        """GPT-2's initialisation (F12.6), from the table in ``optim/init.py`` (``gpt2_init_std``):
+        N(0, 0.02) for embeddings and matrices, zero biases, LayerNorm scales 1, and the
+        projections that write into the residual stream (``c_proj``) scaled by 1/√(2L), since
+        each of the 2L sublayers adds its output to the same stream."""
+        gpt2_init_(self)
 
     def embed(self, input_ids):
         """ids (B, T) → token embeddings (B, T, C), refusing ids outside the vocabulary."""

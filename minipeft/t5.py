@@ -38,6 +38,7 @@ from torch import nn
 from .attention import KVCache, T5Attention, causal_mask, padding_mask, with_prefix_columns
 from .functional import check_token_ids, embedding, gelu_tanh
 from .generate import GenerationMixin
+from .optim.init import t5_init_
 from .packing import Linear, linear
 from .shapes import Dims
 
@@ -251,32 +252,14 @@ class T5Model(GenerationMixin, nn.Module):
         self.packed_head = None  # the head weight packed for decoding, inside generate() only (packing.py)
         self.init_weights()
 
-    @torch.no_grad()
     def init_weights(self):
-        """T5's initialisation (F12.6), which folds attention's missing 1/√D into the query.
+        """T5's initialisation (F12.6), from the table in ``optim/init.py`` (``t5_init_std``).
 
         Every matrix is N(0, 1/fan_in), so activations keep unit scale, except the query, whose
         std also carries the 1/√D that T5's attention leaves out: std(q) = (C · D)^-1/2.
         Embeddings (and an untied head) are N(0, 1); norms start at 1.
         """
-        c = self.config
-        for module in self.modules():
-            if isinstance(module, RMSNorm):
-                module.weight.fill_(1.0)
-            elif isinstance(module, T5Attention):
-                module.q.weight.normal_(0, (c.d_model * c.d_kv) ** -0.5)
-                module.k.weight.normal_(0, c.d_model ** -0.5)
-                module.v.weight.normal_(0, c.d_model ** -0.5)
-                module.o.weight.normal_(0, (c.num_heads * c.d_kv) ** -0.5)
-            elif isinstance(module, FeedForward):
-                for name in ("wi_0", "wi_1") if module.gated else ("wi",):
-                    getattr(module, name).weight.normal_(0, c.d_model ** -0.5)
-                module.wo.weight.normal_(0, c.d_ff ** -0.5)
-            elif isinstance(module, RelativePositionBias):
-                module.embedding.weight.normal_(0, c.d_model ** -0.5)
-        self.shared.weight.normal_(0, 1.0)
-        if self.lm_head is not None:
-            self.lm_head.weight.normal_(0, 1.0)
+        t5_init_(self)
 
     # -- the seams: ids or embeddings in, encoder output reusable -------------------------------
     def embed(self, input_ids):

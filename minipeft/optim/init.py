@@ -68,8 +68,8 @@ def t5_init_std(name: str, shape: torch.Size, config) -> float | None:
     if kind.endswith("norm"):
         return None
     if kind == "q":
-        # F12.6  T5 folds attention's 1/√d into the query: std = (1/√C) · (1/√d)
-        return shape[1] ** -0.5 * config.d_kv ** -0.5
+        # F12.6  T5 folds attention's 1/√d into the query: std = (1/√C) · (1/√d) = (C · d)^-1/2
+        return (shape[1] * config.d_kv) ** -0.5
     if kind in ("k", "v", "o", "wi", "wi_0", "wi_1", "wo"):
         # F12.6  W_ij ~ N(0, 1/n), n = fan-in
         return shape[1] ** -0.5
@@ -97,22 +97,31 @@ def gpt2_init_std(name: str, shape: torch.Size, config, std: float = 0.02) -> fl
 
 
 @torch.no_grad()
-def init_from_table_(model: torch.nn.Module, std_of) -> torch.nn.Module:
-    """Initialise every parameter from ``std_of(name, shape)``: a std (normal), 0.0 (zeros) or None (ones)."""
-    for name, param in model.named_parameters():
-        std = std_of(name, param.shape)
-        if std is None:
-            param.fill_(1.0)
-        elif std == 0.0:
-            param.zero_()
-        else:
-            param.normal_(0.0, std)
+def init_parameter_(param: torch.Tensor, std: float | None) -> torch.Tensor:
+    """One table entry applied: a std (normal), 0.0 (zeros) or None (ones)."""
+    if std is None:
+        return param.fill_(1.0)
+    if std == 0.0:
+        return param.zero_()
+    return param.normal_(0.0, std)
+
+
+@torch.no_grad()
+def init_from_table_(model: torch.nn.Module, std_of, named_parameters=None) -> torch.nn.Module:
+    """Initialise every parameter from ``std_of(name, shape)``, in the order of ``named_parameters``
+    (default: the model's)."""
+    for name, param in named_parameters if named_parameters is not None else model.named_parameters():
+        init_parameter_(param, std_of(name, param.shape))
     return model
 
 
 def t5_init_(model: torch.nn.Module) -> torch.nn.Module:
-    """T5's scheme (F12.6) on a ``minipeft.T5Model``, in place."""
-    return init_from_table_(model, lambda name, shape: t5_init_std(name, shape, model.config))
+    """T5's scheme (F12.6) on a ``minipeft.T5Model``, in place: the blocks first, then the token
+    embedding (and an untied head), the order the shipped tiny-t5 was pretrained from."""
+    parameters = list(model.named_parameters())
+    embeddings = [(n, p) for n, p in parameters if n.split(".")[0] in ("shared", "lm_head")]
+    blocks = [(n, p) for n, p in parameters if n.split(".")[0] not in ("shared", "lm_head")]
+    return init_from_table_(model, lambda name, shape: t5_init_std(name, shape, model.config), blocks + embeddings)
 
 
 def gpt2_init_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
