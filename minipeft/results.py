@@ -90,7 +90,8 @@ def finished_run(config: TrainConfig) -> dict | None:
     return record
 
 
-# Options a method needs on a base (T5 has no biases: BitFit trains its norm scales, F10.3's documented alternative).
+# Options a method needs on a base, in every grid: T5 has no biases, so BitFit trains its norm
+# scales (F10.3's documented alternative) instead of stopping with an error.
 BASE_OPTIONS = {("tiny-t5", "bitfit"): {"bitfit_fallback": "layer_norm"}}
 
 
@@ -107,7 +108,7 @@ def run_grid(grid, args, out: Path) -> list[dict]:
     """Train (or, with ``--reuse``, reload) every ``(model, random_base, task, method)`` of ``grid``."""
     records = []
     for model, random_base, task, method in grid:
-        options = BASE_OPTIONS.get((model, method), {}) if args.readme else {}
+        options = BASE_OPTIONS.get((model, method), {})
         config = TrainConfig(method=method, options=options, model=model, weights=args.weights,
                              random_base=random_base, task=task,
                              steps=args.steps, batch_size=args.batch_size, seed=args.seed, eval_every=args.steps,
@@ -121,8 +122,8 @@ def run_grid(grid, args, out: Path) -> list[dict]:
                 record.pop("losses", None)
             except TrainingError as error:
                 print(f"error: {error}", file=sys.stderr)
-                record = {"method": method, "options": options, "model": model, "random_base": random_base, "task": task,
-                          "error": str(error).splitlines()[0]}
+                record = {"method": method, "options": options, "model": model, "random_base": random_base,
+                          "task": task, "error": str(error).splitlines()[0]}
         records.append(record)
         write_json(out / "results.json", {"runs": records})   # after every run: nothing lost
     return records
