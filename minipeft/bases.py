@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from .convert import CheckpointError
 from .gpt import GPT, GPTConfig
-from .optim import AdaFactor, AdamW
+from .optim import build_optimizer, weight_decay_groups
 from .objectives import IGNORE_INDEX, causal_lm_loss, seq2seq_loss, span_corruption
 from .t5 import T5Config, T5Model
 from .tokenizers import T5Tokenizer
@@ -281,15 +281,13 @@ def learning_rate(step: int, config: PretrainConfig) -> float:
 
 def make_optimizer(model, config: PretrainConfig) -> torch.optim.Optimizer:
     """minipeft's AdaFactor (F12.3, steps scaled by each tensor's RMS, the schedule driving ρ_t) or
-    AdamW (F12.2, no weight decay on norms and biases)."""
+    AdamW (F12.2, no weight decay on norms and biases), through ``optim.build_optimizer``."""
     if config.optimizer == "adafactor":
-        return AdaFactor(model.parameters(), lr=config.lr, relative_step=False, scale_parameter=True)
+        return build_optimizer("adafactor", model.parameters(), lr=config.lr, scale_parameter=True)
     if config.optimizer != "adamw":
         raise ValueError(f"optimizer must be 'adafactor' or 'adamw', got {config.optimizer!r}")
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    vectors = [p for p in model.parameters() if p.dim() < 2]
-    return AdamW([{"params": matrices, "weight_decay": config.weight_decay},
-                              {"params": vectors, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    groups = weight_decay_groups(model.named_parameters(), config.weight_decay)
+    return build_optimizer("adamw", groups, lr=config.lr, betas=(0.9, 0.98))
 
 
 def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None = None,
