@@ -20,8 +20,8 @@ import torch
 
 from minipeft.methods import method_names
 from minipeft.optim import OPTIMIZERS, PRECISIONS, SCHEDULES
-from minipeft.training import DEFAULT_LR, FALLBACK_LR, HF_BASES, TINY_BASES, TrainConfig, TrainingError, \
-    config_for_resume, run
+from minipeft.training import DEFAULT_LR, DEFAULT_STEPS, FALLBACK_LR, HF_BASES, TASK_STEPS, TINY_BASES, \
+    TrainConfig, TrainingError, config_for_resume, run
 
 DEFAULTS = TrainConfig()
 
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ".tsv (input<TAB>target); train.jsonl with dev.jsonl + test.jsonl beside it uses those, "
                       "any other file is split 80/10/10 with a fixed seed")
     how = parser.add_argument_group("how to train")
-    how.add_argument("--steps", type=int, help=f"optimiser steps (default {DEFAULTS.steps})")
+    how.add_argument("--steps", type=int, help=f"optimiser steps (default {DEFAULT_STEPS}; "
+                     + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items()) + ")")
     how.add_argument("--batch-size", type=int, help=f"global batch size, shared by all processes "
                      f"(default {DEFAULTS.batch_size})")
     how.add_argument("--lr", type=float, help=f"peak learning rate (default: the method class's default_lr, else {lr_table}; "
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--weight-decay", type=float, help=f"(default {DEFAULTS.weight_decay})")
     how.add_argument("--clip", type=float, help=f"clip the global gradient norm at this (default {DEFAULTS.clip}; "
                      "0 turns clipping off)")
-    how.add_argument("--dropout", type=float, help="set every dropout rate of the base (default: the base's own)")
+    how.add_argument("--dropout", type=float, help="set every dropout rate of the base (default: 0 when the "
+                     "method freezes the base, the base's own rate for full fine-tuning)")
     how.add_argument("--seed", type=int, help=f"(default {DEFAULTS.seed}): same seed, same loss curve on CPU")
     how.add_argument("--device", choices=("cpu", "cuda"), help=f"(default {DEFAULTS.device})")
     how.add_argument("--dtype", choices=PRECISIONS, help=f"(default {DEFAULTS.dtype}); fp16 keeps fp32 master "

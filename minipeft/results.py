@@ -15,15 +15,16 @@ fine-tuning's on the same base and task, when full was run too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from .methods import method_names
 from .taskdata import task_names
-from .training import HF_BASES, TINY_BASES, TrainConfig, TrainingError, atomic_write, run, write_json
+from .training import DEFAULT_STEPS, HF_BASES, TASK_STEPS, TINY_BASES, TrainConfig, TrainingError, atomic_write, run, write_json
 
-COLUMNS = ("method", "base", "task", "trainable params", "trainable %", "checkpoint", "test score", "vs full",
+COLUMNS = ("method", "base", "task", "steps", "trainable params", "trainable %", "checkpoint", "test score", "vs full",
            "train time")
 
 
@@ -65,12 +66,12 @@ def table(records: list[dict]) -> str:
     for r in records:
         base = base_label(r["model"], r["random_base"])
         if "error" in r:
-            lines.append(f"| {method_label(r)} | {base} | {r['task']} | error: {r['error']} |" + " |" * 5)
+            lines.append(f"| {method_label(r)} | {base} | {r['task']} | error: {r['error']} |" + " |" * 6)
             continue
         full = full_scores.get((r["model"], r["random_base"], r["task"]))
         versus_full = f"{100 * r['score'] / full:.0f}%" if full else "–"
         lines.append(" | ".join([
-            f"| {method_label(r)}", base, r["task"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3g}%",
+            f"| {method_label(r)}", base, r["task"], f"{r['steps']:,}", f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3g}%",
             human_bytes(r["checkpoint_bytes"]), format_score(r), versus_full, f"{r['train_seconds']:.0f} s |"]))
     return "\n".join(lines)
 
@@ -83,7 +84,7 @@ def finished_run(config: TrainConfig) -> dict | None:
     record = json.loads(path.read_text())
     same = {"method": config.method, "model": config.model, "random_base": config.random_base, "steps": config.steps,
             "batch_size": config.batch_size, "seed": config.seed, "lr": config.learning_rate,
-            "options": config.options}
+            "options": config.options, "dropout": config.dropout_rate}
     if any(record.get(key) != value for key, value in same.items()) or record.get("interrupted"):
         return None
     record.pop("losses", None)
@@ -110,9 +111,9 @@ def run_grid(grid, args, out: Path) -> list[dict]:
     for model, random_base, task, method in grid:
         options = BASE_OPTIONS.get((model, method), {})
         config = TrainConfig(method=method, options=options, model=model, weights=args.weights,
-                             random_base=random_base, task=task,
-                             steps=args.steps, batch_size=args.batch_size, seed=args.seed, eval_every=args.steps,
-                             out=str(run_directory(out, model, random_base, task, method)))
+                             random_base=random_base, task=task, steps=args.steps, batch_size=args.batch_size,
+                             seed=args.seed, out=str(run_directory(out, model, random_base, task, method)))
+        config = dataclasses.replace(config, eval_every=config.steps)   # one dev evaluation, at the end
         record = finished_run(config) if args.reuse else None
         if record is not None:
             print(f"reusing {config.out}")
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
                         help="tiny-t5 and/or tiny-gpt (default tiny-t5); t5 or gpt2 with --weights")
     parser.add_argument("--weights", metavar="DIR", help="the Hugging Face checkpoint directory for t5 / gpt2")
     parser.add_argument("--random-base", action="store_true", help="also run each on an untrained base")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help=f"(default {TrainConfig.steps})")
+    parser.add_argument("--steps", type=int, help=f"(default: train.py's, {DEFAULT_STEPS} or the task's: "
+                        + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items()) + ")")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results", help="(default results/)")

@@ -70,6 +70,13 @@ DEFAULT_LR = {"full": 3e-4, "probe": 3e-2, "bitfit": 3e-3, "lora": 1e-2, "adapte
               "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2, "ptuning_v2": 1e-2}
 FALLBACK_LR = 1e-3
 
+# Steps when --steps is not given: enough for full fine-tuning of tiny-t5 to learn the task (seed 0,
+# batch 32). Sentiment is learned in 300. On nli full fine-tuning's dev accuracy still climbs from
+# 42 % at step 300 to 59 % at step 1,500, and e2e's BLEU from 71.5 (300) to 74.2 (1,000). User data
+# (--data) gets DEFAULT_STEPS.
+DEFAULT_STEPS = 300
+TASK_STEPS = {"nli": 1000, "e2e": 1000}
+
 
 class TrainingError(Exception):
     """A problem the user can fix (bad flag, missing file, wrong checkpoint): train.py prints it
@@ -85,7 +92,7 @@ class TrainConfig:
     random_base: bool = False                     # same architecture, untrained weights
     task: str = "sentiment"
     data: str | None = None                       # user data file instead of a task
-    steps: int = 300
+    steps: int | None = None                      # None: TASK_STEPS[task], else DEFAULT_STEPS
     batch_size: int = 32                          # the GLOBAL batch, shared by all processes
     lr: float | None = None                       # None: DEFAULT_LR[method]
     warmup: int | None = None                     # None: steps // 10, at most 30
@@ -93,7 +100,7 @@ class TrainConfig:
     optim: str = "adamw"
     weight_decay: float = 0.0
     clip: float | None = 1.0                      # global-norm clipping (F12.5); None: off
-    dropout: float | None = None                  # None: the base's own dropout rate
+    dropout: float | None = None                  # None: see dropout_rate
     seed: int = 0
     device: str = "cpu"
     dtype: str = "fp32"
@@ -103,6 +110,8 @@ class TrainConfig:
     out: str = "out"
 
     def __post_init__(self):
+        if self.steps is None:
+            object.__setattr__(self, "steps", DEFAULT_STEPS if self.data else TASK_STEPS.get(self.task, DEFAULT_STEPS))
         for name in ("steps", "batch_size", "eval_every", "eval_examples"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -117,6 +126,19 @@ class TrainConfig:
             return self.lr
         declared = getattr(METHODS.get(self.method), "default_lr", None)
         return declared if declared is not None else DEFAULT_LR.get(self.method, FALLBACK_LR)
+
+    @property
+    def dropout_rate(self) -> float | None:
+        """The dropout set on the base: ``dropout`` if given; else 0 for a method that freezes the
+        base and None (the base's own rate) for full fine-tuning. A frozen base's dropout is noise
+        the few trained parameters must learn around, not a regulariser of the weights that train:
+        measured on tiny-t5 (300 steps, seed 0), turning it off lifts prefix tuning from 71.5 % to
+        84.3 % on sentiment and from 47.0 to 63.0 BLEU on e2e, and LoRA from 78.8 % to 87.5 % on
+        sentiment."""
+        if self.dropout is not None:
+            return self.dropout
+        method = METHODS.get(self.method)
+        return 0.0 if method is not None and method.freezes_base else None
 
     @property
     def warmup_steps(self) -> int:
@@ -355,8 +377,8 @@ class Run:
 
         torch.manual_seed(config.seed)
         base, tokenizer = build_base(config)
-        if config.dropout is not None:
-            set_dropout(base, config.dropout)
+        if config.dropout_rate is not None:
+            set_dropout(base, config.dropout_rate)
         if resume is not None:   # rebuild the method from the checkpoint; refuses another base or method
             try:
                 self.peft = load_trained(base, Path(resume) / PEFT_FILE, method=config.method)
@@ -526,6 +548,7 @@ class Run:
             "checkpoint_bytes": checkpoint_bytes, "skipped_steps": self.precision.skipped_steps,
             "lr": c.learning_rate, "batch_size": c.batch_size, "seed": c.seed, "dtype": c.dtype, "optim": c.optim,
             "schedule": c.schedule, "warmup": c.warmup_steps, "world_size": self.distributed.world_size,
+            "dropout": c.dropout_rate,   # None: the base's own rate
             "losses": self.losses,
         }
 

@@ -250,9 +250,16 @@ def test_results_command_runs_each_configuration_and_prints_the_table(t5_dir, ta
                                                                 ("probe", True)]
     assert all(r["task"] == "sentiment" and r["steps"] == 3 for r in runs)
     table = capsys.readouterr().out.strip().splitlines()[-6:]
-    assert table[0].startswith("| method | base | task | trainable params | trainable % | checkpoint | test score")
-    assert len(table) == 6 and "| probe | t5 (random) | sentiment |" in table[-1]
+    assert table[0].startswith("| method | base | task | steps | trainable params | trainable % | checkpoint | test")
+    assert len(table) == 6 and "| probe | t5 (random) | sentiment | 3 |" in table[-1]
     assert (tmp_path / "results.md").read_text().strip().splitlines() == table
+
+
+def test_default_steps_come_from_the_task():
+    assert TrainConfig(task="sentiment").steps == training.DEFAULT_STEPS
+    assert TrainConfig(task="e2e").steps == training.TASK_STEPS["e2e"]
+    assert TrainConfig(task="e2e", steps=7).steps == 7
+    assert TrainConfig(task="e2e", data="mine.jsonl").steps == training.DEFAULT_STEPS   # --data: not the task
 
 
 def test_default_learning_rate_comes_from_the_method_or_the_table(monkeypatch):
@@ -261,6 +268,20 @@ def test_default_learning_rate_comes_from_the_method_or_the_table(monkeypatch):
     assert TrainConfig(method="probe", lr=0.5).learning_rate == 0.5
     monkeypatch.setattr(METHODS["probe"], "default_lr", 0.25, raising=False)
     assert TrainConfig(method="probe").learning_rate == 0.25
+
+
+def test_dropout_is_off_for_a_frozen_base_and_the_base_s_own_for_full(t5_dir, task, tmp_path, monkeypatch):
+    assert TrainConfig(method="lora").dropout_rate == 0.0
+    assert TrainConfig(method="full").dropout_rate is None
+    assert TrainConfig(method="lora", dropout=0.2).dropout_rate == 0.2
+    bases = []
+    real_set_dropout = training.set_dropout
+    monkeypatch.setattr(training, "set_dropout", lambda model, rate: (bases.append(model), real_set_dropout(model, rate)))
+    record = run(config(t5_dir, task, tmp_path, method="lora", steps=1), log=quiet)
+    assert record["dropout"] == 0.0
+    rates = [m.p for m in bases[0].modules() if isinstance(m, torch.nn.Dropout)]
+    rates += [m.dropout for m in bases[0].modules() if isinstance(getattr(m, "dropout", None), float)]
+    assert len(bases) == 1 and rates and set(rates) == {0.0}
 
 
 def test_the_embedded_tasks_load_with_their_kinds():
