@@ -13,7 +13,9 @@ Formula (../shared/FORMULAS.md F5.4, written row-wise as PyTorch stores tensors)
 
 The formula is computed by ``torch.nn.functional.scaled_dot_product_attention``, one fused kernel
 that never stores the (T, S) probability matrix when it can avoid it; ``tests/test_attention.py``
-pins it to the written-out formula above.
+pins it to the written-out formula above. With dropout on the probabilities (training) it is
+written out instead: the fused kernel has no dropout on the CPU and would fall back to the same
+steps, drawing its mask with the slower ``bernoulli_`` (see ``functional.dropout``).
 
 Two seams make every prefix-style PEFT method a few lines (../shared/ARCHITECTURE.md):
 
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional
 from .packing import Linear
 from .shapes import Dims
 
@@ -47,7 +50,12 @@ def attend(query, key, value, mask=None, scale=None, dropout=0.0):
         if mask.shape[-2] not in (1, dims["T"]):
             dims.check("mask", mask, "... T S")
     # exercise: F5.4 return softmax(query keyᵀ · scale + mask) value, dropout on the probabilities (scale None = 1/√D)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+    if dropout == 0.0:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+    scores = query @ key.transpose(-2, -1) * (query.shape[-1] ** -0.5 if scale is None else scale)   # (B, H, T, S)
+    if mask is not None:
+        scores = scores + mask
+    return functional.dropout(scores.softmax(dim=-1), dropout) @ value                             # (B, H, T, D)
     # end exercise
 
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def gelu_tanh(x):
@@ -18,6 +19,32 @@ def gelu_tanh(x):
     where the reference implementation, which computes this very expression, stays identical.
     """
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def dropout(x, p: float, training: bool = True):
+    """Dropout: each element is zeroed with probability p and the survivors are scaled by 1/(1-p),
+    so the expected output is x. (…) → (…), the same distribution as ``F.dropout``.
+
+    What differs is how the mask is drawn. ``F.dropout`` on the CPU draws one float Bernoulli
+    sample per element (``bernoulli_``) and multiplies twice; in a T5 training step its ~60 masks
+    cost about a tenth of the step. Here each element gets one uniform 31-bit integer
+    (``random_``, about 3x cheaper per element on this project's CPU) and is kept when that integer
+    is at least p·2³¹: keep probability 1 - p, exact to 2⁻³¹.
+    """
+    if not training or p == 0.0:
+        return x
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    words = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()   # uniform on [0, 2³¹)
+    keep = words >= round(p * 2 ** 31)                                             # (…) bool, P(keep) = 1 - p
+    return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)                          # (…)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same ``p``, same train/eval switch) drawing its mask with :func:`dropout`."""
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
 
 
 def embedding(input_ids, weight, tied_to_head: bool):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .attention import GPTAttention, KVCache, causal_mask, padding_mask, with_prefix_columns
-from .functional import check_token_ids, embedding, gelu_tanh
+from .functional import Dropout, check_token_ids, embedding, gelu_tanh
 from .generate import GenerationMixin
 from .optim.init import gpt2_init_
 from .packing import Linear, linear
@@ -61,7 +61,7 @@ class MLP(nn.Module):
         inner = config.n_inner or 4 * config.n_embd
         self.c_fc = Linear(config.n_embd, inner)
         self.c_proj = Linear(inner, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
@@ -74,7 +74,7 @@ class GPTBlock(nn.Module):
         self.attn = GPTAttention(config.n_embd, config.n_head, config.dropout)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x, mask, prefix_kv=None, cache=None):  # x: (B, T, C)
         x = x + self.dropout(self.attn(self.ln_1(x), mask=mask, prefix_kv=prefix_kv, cache=cache))
@@ -91,7 +91,7 @@ class GPT(GenerationMixin, nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.lm_head = None  # None: the head is tied to wte (a method such as probing may set its own)

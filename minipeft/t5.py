@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import KVCache, T5Attention, causal_mask, padding_mask, with_prefix_columns
-from .functional import check_token_ids, embedding, gelu_tanh
+from .functional import Dropout, check_token_ids, embedding, gelu_tanh
 from .generate import GenerationMixin
 from .optim.init import t5_init_
 from .packing import Linear, linear
@@ -144,7 +144,7 @@ class FeedForward(nn.Module):
         else:
             self.wi = Linear(config.d_model, config.d_ff, bias=False)
         self.wo = Linear(config.d_ff, config.d_model, bias=False)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, x):  # (B, T, C)
         # exercise: wo · ReLU(wi · x), or wo · (GELU_tanh(wi_0 · x) ⊙ wi_1 · x) when gated; dropout before wo
@@ -169,7 +169,7 @@ class T5Block(nn.Module):
             self.cross_attn = T5Attention(*attention_args)
         self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
         self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, x, self_mask, encoder_out=None, cross_mask=None, prefix_kv=None, cache=None):
         # x: (B, T, C); encoder_out: (B, S, C); prefix_kv: {"self"|"cross": (P_key, P_value)}
@@ -196,7 +196,7 @@ class T5Stack(nn.Module):
         self.position_bias = RelativePositionBias(config, bidirectional=not is_decoder)
         self.blocks = nn.ModuleList(T5Block(config, is_decoder) for _ in range(n_layers))
         self.final_layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, embeds, attention_mask=None, encoder_out=None, encoder_mask=None,
                 prefix_kv=None, cache=None):

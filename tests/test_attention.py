@@ -33,6 +33,17 @@ def test_attend_equals_the_written_out_formula(qkv):
     torch.testing.assert_close(attend(query, key, value), written_out_attention(query, key, value))
 
 
+def test_attend_with_dropout_drops_probabilities_and_is_unbiased(qkv):
+    query, key, value = qkv
+    bias = torch.randn(1, 3, 5, 7)
+    exact = written_out_attention(query, key, value, bias, scale=1.0)
+    torch.manual_seed(1)
+    once = attend(query, key, value, bias, scale=1.0, dropout=0.5)
+    assert not torch.allclose(once, exact)                    # the mask is applied…
+    mean = sum(attend(query, key, value, bias, scale=1.0, dropout=0.5) for _ in range(4000)) / 4000
+    torch.testing.assert_close(mean, exact, atol=0.06, rtol=0)  # …to the probabilities: E[output] = exact
+
+
 def test_attend_with_t5_scale_1_and_an_additive_bias(qkv):
     query, key, value = qkv
     bias = torch.randn(1, 3, 5, 7)

@@ -87,6 +87,26 @@ def test_dropout_is_active_in_train_and_off_in_eval():
     assert torch.equal(model(input_ids=x, decoder_input_ids=y), model(input_ids=x, decoder_input_ids=y))
 
 
+def test_dropout_keeps_1_minus_p_scales_by_its_inverse_and_passes_gradients_through_the_mask():
+    from minipeft.functional import Dropout, dropout
+    x = torch.randn(1_000_000, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002             # binomial sd is 0.0003
+    torch.testing.assert_close(y[kept], x[kept] / 0.9)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1), y)                            # same seed, same mask
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0) is x
+    assert dropout(x.detach().bfloat16(), 0.5).dtype == torch.bfloat16
+    module = Dropout(0.3).eval()
+    assert module(x) is x and isinstance(module, torch.nn.Dropout)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dropout(x, 1.0)
+
+
 def test_shift_right_starts_with_pad_and_replaces_ignored_labels():
     labels = torch.tensor([[5, 6, -100]])
     assert T5Model(TINY).shift_right(labels).tolist() == [[0, 5, 6]]

@@ -16,7 +16,9 @@ Formula (../shared/FORMULAS.md F5.4, written row-wise as PyTorch stores tensors)
 
 The formula is computed by ``torch.nn.functional.scaled_dot_product_attention``, one fused kernel
 that never stores the (T, S) probability matrix when it can avoid it; ``tests/test_attention.py``
-pins it to the written-out formula above.
+pins it to the written-out formula above. With dropout on the probabilities (training) it is
+written out instead: the fused kernel has no dropout on the CPU and would fall back to the same
+steps, drawing its mask with the slower ``bernoulli_`` (see ``functional.dropout``).
 
 Two seams make every prefix-style PEFT method a few lines (../shared/ARCHITECTURE.md):
 
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional
 from .packing import Linear
 from .shapes import Dims
 
