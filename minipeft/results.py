@@ -1,6 +1,6 @@
 """The results table: every chosen method × task × base, trained by the one training loop.
 
-    python -m minipeft.results --readme                              the README's tables (about an hour on 2 cores)
+    python -m minipeft.results --readme                              the README's tables (1–2 hours on 2 cores)
     python -m minipeft.results                                       every method × every task, tiny-t5
     python -m minipeft.results --methods full probe --random-base    baselines, pretrained vs untrained base
     python -m minipeft.results --models tiny-t5 tiny-gpt --tasks sentiment --steps 200

@@ -134,7 +134,7 @@ class TrainConfig:
         the few trained parameters must learn around, not a regulariser of the weights that train:
         measured on tiny-t5 (300 steps, seed 0), turning it off lifts prefix tuning from 71.5 % to
         84.3 % on sentiment and from 47.0 to 63.0 BLEU on e2e, and LoRA from 78.8 % to 87.5 % on
-        sentiment."""
+        sentiment. Not everywhere: tiny-gpt's prefix tuning drops from 94.2 % to 89.2 %."""
         if self.dropout is not None:
             return self.dropout
         method = METHODS.get(self.method)
