@@ -20,8 +20,8 @@ import torch
 
 from minipeft.methods import method_names
 from minipeft.optim import OPTIMIZERS, PRECISIONS, SCHEDULES
-from minipeft.training import DEFAULT_LR, DEFAULT_STEPS, FALLBACK_LR, HF_BASES, TASK_STEPS, TINY_BASES, \
-    TrainConfig, TrainingError, config_for_resume, run
+from minipeft.training import DEFAULT_LR, FALLBACK_LR, HF_BASES, TINY_BASES, TrainConfig, TrainingError, \
+    config_for_resume, default_steps_text, run
 
 DEFAULTS = TrainConfig()
 
@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ".tsv (input<TAB>target); train.jsonl with dev.jsonl + test.jsonl beside it uses those, "
                       "any other file is split 80/10/10 with a fixed seed")
     how = parser.add_argument_group("how to train")
-    how.add_argument("--steps", type=int, help=f"optimiser steps (default {DEFAULT_STEPS}; "
-                     + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items()) + ")")
+    how.add_argument("--steps", type=int, help=f"optimiser steps (default {default_steps_text()})")
     how.add_argument("--batch-size", type=int, help=f"global batch size, shared by all processes "
                      f"(default {DEFAULTS.batch_size})")
     how.add_argument("--lr", type=float, help=f"peak learning rate (default: the method class's default_lr, else {lr_table}; "

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from .methods import method_names
 from .taskdata import task_names
-from .training import DEFAULT_STEPS, HF_BASES, TASK_STEPS, TINY_BASES, TrainConfig, TrainingError, atomic_write, run, write_json
+from .training import HF_BASES, TINY_BASES, TrainConfig, TrainingError, atomic_write, default_steps_text, run, \
+    write_json
 
-COLUMNS = ("method", "base", "task", "steps", "trainable params", "trainable %", "checkpoint", "test score", "vs full",
-           "train time")
+COLUMNS = ("method", "base", "task", "steps", "trainable params", "trainable %", "checkpoint", "test score",
+           "vs full", "train time")
 
 
 def base_label(model: str, random_base: bool) -> str:
@@ -71,8 +72,9 @@ def table(records: list[dict]) -> str:
         full = full_scores.get((r["model"], r["random_base"], r["task"]))
         versus_full = f"{100 * r['score'] / full:.0f}%" if full else "–"
         lines.append(" | ".join([
-            f"| {method_label(r)}", base, r["task"], f"{r['steps']:,}", f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3g}%",
-            human_bytes(r["checkpoint_bytes"]), format_score(r), versus_full, f"{r['train_seconds']:.0f} s |"]))
+            f"| {method_label(r)}", base, r["task"], f"{r['steps']:,}", f"{r['trainable_params']:,}",
+            f"{r['trainable_percent']:.3g}%", human_bytes(r["checkpoint_bytes"]), format_score(r), versus_full,
+            f"{r['train_seconds']:.0f} s |"]))
     return "\n".join(lines)
 
 
@@ -144,8 +146,7 @@ def main(argv=None) -> int:
                         help="tiny-t5 and/or tiny-gpt (default tiny-t5); t5 or gpt2 with --weights")
     parser.add_argument("--weights", metavar="DIR", help="the Hugging Face checkpoint directory for t5 / gpt2")
     parser.add_argument("--random-base", action="store_true", help="also run each on an untrained base")
-    parser.add_argument("--steps", type=int, help=f"(default: train.py's, {DEFAULT_STEPS} or the task's: "
-                        + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items()) + ")")
+    parser.add_argument("--steps", type=int, help=f"(default: train.py's, {default_steps_text()})")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results", help="(default results/)")

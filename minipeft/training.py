@@ -78,6 +78,11 @@ DEFAULT_STEPS = 300
 TASK_STEPS = {"nli": 1000, "e2e": 1000}
 
 
+def default_steps_text() -> str:
+    """The default steps in words, for --help: "300; 1000 for nli, 1000 for e2e"."""
+    return f"{DEFAULT_STEPS}; " + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items())
+
+
 class TrainingError(Exception):
     """A problem the user can fix (bad flag, missing file, wrong checkpoint): train.py prints it
     as ``error: ...`` without a traceback."""

@@ -276,7 +276,8 @@ def test_dropout_is_off_for_a_frozen_base_and_the_base_s_own_for_full(t5_dir, ta
     assert TrainConfig(method="lora", dropout=0.2).dropout_rate == 0.2
     bases = []
     real_set_dropout = training.set_dropout
-    monkeypatch.setattr(training, "set_dropout", lambda model, rate: (bases.append(model), real_set_dropout(model, rate)))
+    monkeypatch.setattr(training, "set_dropout",
+                        lambda model, rate: (bases.append(model), real_set_dropout(model, rate)))
     record = run(config(t5_dir, task, tmp_path, method="lora", steps=1), log=quiet)
     assert record["dropout"] == 0.0
     rates = [m.p for m in bases[0].modules() if isinstance(m, torch.nn.Dropout)]

@@ -42,6 +42,7 @@ import re
 import torch
 from torch import nn
 
+from ..functional import Dropout
 from ..shapes import Dims
 from .base import MethodLayer, PeftModel
 from .registry import register
@@ -63,7 +64,7 @@ class LoRALinear(MethodLayer):
         like_base = dict(device=base_layer.weight.device, dtype=base_layer.weight.dtype)
         self.lora_A = nn.Linear(in_features, rank, bias=False, **like_base)       # A: (r, k)
         self.lora_B = nn.Linear(rank, out_features, bias=False, **like_base)      # B: (d, r)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # p = 0: no mask to draw
+        self.lora_dropout = Dropout(dropout) if dropout > 0 else nn.Identity()  # p = 0: no mask to draw
         self.merged = False
         self.reset_lora_parameters(init)
 
