@@ -41,7 +41,11 @@ def test_attend_with_dropout_drops_probabilities_and_is_unbiased(qkv):
     once = attend(query, key, value, bias, scale=1.0, dropout=0.5)
     assert not torch.allclose(once, exact)                    # the mask is applied…
     mean = sum(attend(query, key, value, bias, scale=1.0, dropout=0.5) for _ in range(4000)) / 4000
-    torch.testing.assert_close(mean, exact, atol=0.06, rtol=0)  # …to the probabilities: E[output] = exact
+    torch.testing.assert_close(mean, exact, atol=0.06, rtol=0)  # …without bias: E[output] = exact
+    # …to the probabilities, not the output: with every value row all ones, each output row is the
+    # sum of the kept probabilities (one number repeated D times), which dropout of the output would break.
+    ones = attend(query, key, torch.ones_like(value), bias, scale=1.0, dropout=0.5)   # (B, H, T, D)
+    assert torch.allclose(ones, ones[..., :1].expand_as(ones)) and not torch.allclose(ones, torch.ones_like(ones))
 
 
 def test_attend_with_t5_scale_1_and_an_additive_bias(qkv):
