@@ -107,6 +107,20 @@ def test_text_init_needs_words_and_a_tokenizer():
         get_peft(tiny("gpt"), "prompt", prompt_tuning_init="text", prompt_tuning_init_token_ids=(70,))
 
 
+def test_text_init_reads_the_tokenizer_the_directory_holds(tmp_path):
+    """A tiny base keeps a SentencePiece model even for GPT; GPT-2 checkpoints keep vocab.json."""
+    from minipeft.bases import random_base
+    from minipeft.world import DATA_DIR
+    model, tokenizer = random_base("tiny-gpt")
+    peft = get_peft(model, "prompt", num_virtual_tokens=3, prompt_tuning_init="TEXT",
+                    prompt_tuning_init_text="positive negative", tokenizer_name_or_path=str(DATA_DIR))
+    ids = tokenizer.encode("positive negative", add_eos=False)
+    torch.testing.assert_close(peft.prompt, model.wte.weight[(ids * 3)[:3]])
+    with pytest.raises(ValueError, match="no tokenizer in"):
+        get_peft(model, "prompt", prompt_tuning_init="TEXT", prompt_tuning_init_text="positive",
+                 tokenizer_name_or_path=str(tmp_path))
+
+
 # ---- bad input ----------------------------------------------------------------------------------------
 
 def test_prompt_length_must_be_positive_and_fit_gpt_positions():

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -194,8 +195,14 @@ def words_to_token_ids(model, count: int, text: str | None, token_ids, tokenizer
 
 
 def tokenize_words(model, text: str, tokenizer_path: str) -> list[int]:
+    """The ids of ``text`` under the tokenizer in ``tokenizer_path``: ``spiece.model`` (T5's, and
+    the tiny bases', GPT included) or GPT-2's ``vocab.json`` + ``merges.txt``, whichever is there."""
     from ..tokenizers import GPT2Tokenizer, T5Tokenizer
 
-    if model.is_encoder_decoder:
-        return T5Tokenizer.from_dir(tokenizer_path).encode(text, add_eos=False)
-    return GPT2Tokenizer.from_dir(tokenizer_path).encode(text)
+    directory = Path(tokenizer_path)
+    if (directory / "spiece.model").is_file():
+        return T5Tokenizer.from_dir(directory).encode(text, add_eos=False)
+    if (directory / "vocab.json").is_file():
+        return GPT2Tokenizer.from_dir(directory).encode(text)
+    raise ValueError(f"no tokenizer in {directory}: tokenizer_name_or_path must be a directory with "
+                            f"spiece.model (SentencePiece) or vocab.json + merges.txt (GPT-2 BPE)")
