@@ -13,6 +13,7 @@ from torch import nn
 import minipeft
 from minipeft.methods import count_parameters, get_peft, load_trained, save_trained
 from minipeft.methods.adapter import AdapterAfter, BottleneckAdapter
+from minipeft.t5 import RMSNorm
 
 from tiny_models import batch, tiny
 
@@ -114,7 +115,7 @@ def test_trainable_count_is_n_adapters_times_2dr_plus_d_plus_r(kind, placement):
     d, r = 16, 4
     n_blocks = 5 if kind == "t5" else 2
     per_block = 2 if placement == "houlsby" else 1
-    peft = get_peft(tiny(kind), "adapter", adapter_placement=placement, adapter_size=r)
+    peft = get_peft(tiny(kind), "adapter", adapter_placement=placement, adapter_size=r, train_layer_norms=False)
     assert count_parameters(peft)[0] == n_blocks * per_block * (2 * d * r + d + r)
 
 
@@ -124,10 +125,12 @@ def test_whole_model_count_without_biases_is_L_times_2dr():
                                num_heads=2, dropout_rate=0.0)
     torch.manual_seed(0)
     model = minipeft.T5Model(config)
-    peft = get_peft(model, "adapter", adapter_placement="self_attn", adapter_size=64, adapter_bias=False)
+    peft = get_peft(model, "adapter", adapter_placement="self_attn", adapter_size=64, adapter_bias=False,
+                    train_layer_norms=False)
     L, d, r = 4, 768, 64
     assert count_parameters(peft)[0] == L * (d * r + r * d) == 393_216
-    peft = get_peft(minipeft.T5Model(config), "adapter", adapter_placement="self_attn")  # default r = 64, biases
+    peft = get_peft(minipeft.T5Model(config), "adapter", adapter_placement="self_attn",  # default r = 64, biases
+                    train_layer_norms=False)
     assert count_parameters(peft)[0] == L * (2 * d * r + d + r) == 4 * 99_136
 
 
@@ -138,8 +141,9 @@ def test_reduction_factor_sets_the_bottleneck():
 
 @pytest.mark.parametrize("kind", ["t5", "gpt"])
 def test_train_layer_norms_adds_exactly_the_norms(kind):
-    without = count_parameters(get_peft(tiny(kind), "adapter", adapter_size=4))[0]
-    peft = get_peft(tiny(kind), "adapter", adapter_size=4, train_layer_norms=True)
+    """F1.5: the layer norms train beside the adapters, by default."""
+    without = count_parameters(get_peft(tiny(kind), "adapter", adapter_size=4, train_layer_norms=False))[0]
+    peft = get_peft(tiny(kind), "adapter", adapter_size=4)
     if kind == "t5":   # RMSNorm scales: 2 per encoder block, 3 per decoder block, 2 final
         norms = (2 * 2 + 3 * 3 + 2) * 16
     else:              # LayerNorm scale and shift: ln_1, ln_2 per block, ln_f
@@ -161,13 +165,16 @@ def test_the_model_is_unchanged_at_initialisation(kind, placement):
 
 
 @pytest.mark.parametrize("kind", ["t5", "gpt"])
-def test_only_adapter_parameters_get_gradients(kind):
-    peft = randomize_adapters(get_peft(tiny(kind), "adapter", adapter_size=4)).train()
+@pytest.mark.parametrize("train_layer_norms", [False, True])
+def test_only_adapter_parameters_and_the_norms_get_gradients(kind, train_layer_norms):
+    peft = randomize_adapters(get_peft(tiny(kind), "adapter", adapter_size=4,
+                                       train_layer_norms=train_layer_norms)).train()
+    norms = {id(p) for m in peft.modules() if isinstance(m, (RMSNorm, nn.LayerNorm)) for p in m.parameters()}
     peft(**batch(kind)).square().mean().backward()
     for name, param in peft.named_parameters():
-        is_adapter = ".adapter." in name
-        assert param.requires_grad == is_adapter, name
-        assert (param.grad is not None) == is_adapter, name
+        trained = ".adapter." in name or (train_layer_norms and id(param) in norms)
+        assert param.requires_grad == trained, name
+        assert (param.grad is not None) == trained, name
 
 
 @pytest.mark.parametrize("kind", ["t5", "gpt"])

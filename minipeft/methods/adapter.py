@@ -13,7 +13,9 @@ Papers: Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP"; Pf
             "houlsby"   after the attention and after the FFN of every block (003 §3.2.1, 004 fig. 4.5)
             "pfeiffer"  after the FFN only (Pfeiffer et al.: as good, half the adapters)
             "self_attn" after self-attention only, before the FFN (seed 000 fig. 2, the T5 document)
-          trainable beside them, optionally: the layer norms (004; ``train_layer_norms=True``)
+          trainable beside them: the layer norms (F1.5, 004; ``train_layer_norms``, on by default:
+          on tiny-t5 sentiment, seeds 0/1/2, test accuracy 81.3/74.7/78.0 % with them, 75.7/67.8/79.7 %
+          without; ``False`` trains the adapters alone, the count of F1.2/F1.3)
 
     symbol   variable                 shape
     h        the sublayer's output    (B, T, C)   C = d, the model width
@@ -128,7 +130,7 @@ class Adapter(PeftModel):
         non_linearity: str = "relu"                   # σ
         adapter_bias: bool = True                     # biases in W_down, W_up (F1.2 counts them, F1.3 not)
         cross_adapter: bool = False                   # also after T5's decoder cross-attention
-        train_layer_norms: bool = False               # also train every layer norm (004)
+        train_layer_norms: bool = True                # also train every layer norm (F1.5, 004)
 
         def __post_init__(self):
             if self.adapter_placement not in PLACEMENTS:
