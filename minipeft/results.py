@@ -4,12 +4,19 @@
     python -m minipeft.results                                       every method × every task, tiny-t5
     python -m minipeft.results --methods full probe --random-base    baselines, pretrained vs untrained base
     python -m minipeft.results --models tiny-t5 tiny-gpt --tasks sentiment --steps 200
+    python -m minipeft.results --readme --methods full lora adapter prefix --seeds 0 1 2
 
 Each configuration is one in-process call of :func:`minipeft.training.run` (same defaults as
 ``train.py``: the method's default learning rate, the default steps and batch), writing its own
 ``OUT/<base>-<task>-<method>/``; the records go to ``OUT/results.json`` and the table, in
 Markdown, to stdout (and ``OUT/results.md``). "vs full" is the test score as a fraction of full
 fine-tuning's on the same base and task, when full was run too.
+
+With several ``--seeds`` every configuration runs once per seed (seed 0 in the directory above,
+seed N in ``…-seedN/``), the first table shows the first seed's runs, and a second one the mean
+score over the seeds with its range: one run's test score moves by a few points with the seed
+(which examples fill the batches, the initial trained tensors), as much as some differences
+between methods.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,8 +41,8 @@ def base_label(model: str, random_base: bool) -> str:
     return f"{model} (random)" if random_base else model
 
 
-def run_directory(out: Path, model: str, random_base: bool, task: str, method: str) -> Path:
-    return out / f"{model}{'-random' if random_base else ''}-{task}-{method}"
+def run_directory(out: Path, model: str, random_base: bool, task: str, method: str, seed: int = 0) -> Path:
+    return out / f"{model}{'-random' if random_base else ''}-{task}-{method}{f'-seed{seed}' if seed else ''}"
 
 
 def human_bytes(size: int) -> str:
@@ -78,6 +86,29 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_table(records: list[dict]) -> str:
+    """Mean test score (min … max) over the seeds of each configuration, and the mean as a
+    fraction of full fine-tuning's mean on the same base and task."""
+    runs: dict[tuple, list[dict]] = {}
+    for r in records:
+        if "error" not in r:
+            runs.setdefault((method_label(r), r["model"], r["random_base"], r["task"]), []).append(r)
+    mean = {key: statistics.mean(r["score"] for r in group) for key, group in runs.items()}
+    columns = ("method", "base", "task", "seeds", "mean test score (min … max)", "vs full, means")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for key, group in runs.items():
+        label, model, random_base, task = key
+        full = mean.get(("full", model, random_base, task))
+        scale = 100 if "accuracy" in group[0]["metrics"] else 1
+        name = "accuracy" if scale == 100 else "BLEU"
+        scores = [scale * r["score"] for r in group]
+        lines.append(" | ".join([
+            f"| {label}", base_label(model, random_base), task, ", ".join(str(r["seed"]) for r in group),
+            f"{name} {statistics.mean(scores):.1f} ({min(scores):.1f} … {max(scores):.1f})",
+            f"{100 * mean[key] / full:.0f}% |" if full else "– |"]))
+    return "\n".join(lines)
+
+
 def finished_run(config: TrainConfig) -> dict | None:
     """The record in ``config.out/metrics.json`` if that run finished with this configuration."""
     path = Path(config.out) / "metrics.json"
@@ -110,11 +141,11 @@ def readme_grid(tasks: list[str]) -> list[tuple[str, bool, str, str]]:
 def run_grid(grid, args, out: Path) -> list[dict]:
     """Train (or, with ``--reuse``, reload) every ``(model, random_base, task, method)`` of ``grid``."""
     records = []
-    for model, random_base, task, method in grid:
+    for seed, (model, random_base, task, method) in ((seed, cell) for seed in args.seeds for cell in grid):
         options = BASE_OPTIONS.get((model, method), {})
         config = TrainConfig(method=method, options=options, model=model, weights=args.weights,
                              random_base=random_base, task=task, steps=args.steps, batch_size=args.batch_size,
-                             seed=args.seed, out=str(run_directory(out, model, random_base, task, method)))
+                             seed=seed, out=str(run_directory(out, model, random_base, task, method, seed)))
         config = dataclasses.replace(config, eval_every=config.steps)   # one dev evaluation, at the end
         record = finished_run(config) if args.reuse else None
         if record is not None:
@@ -126,7 +157,7 @@ def run_grid(grid, args, out: Path) -> list[dict]:
             except TrainingError as error:
                 print(f"error: {error}", file=sys.stderr)
                 record = {"method": method, "options": options, "model": model, "random_base": random_base,
-                          "task": task, "error": str(error).splitlines()[0]}
+                          "task": task, "seed": seed, "error": str(error).splitlines()[0]}
         records.append(record)
         write_json(out / "results.json", {"runs": records})   # after every run: nothing lost
     return records
@@ -138,7 +169,8 @@ def main(argv=None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--readme", action="store_true",
                         help="the README's grid: every method × task on tiny-t5, every method on tiny-gpt's "
-                             "sentiment, full and probe on an untrained tiny-t5 (ignores --methods/--models)")
+                             "sentiment, full and probe on an untrained tiny-t5 (of those, only --methods; "
+                             "ignores --models)")
     parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names(), metavar="METHOD",
                         help=f"(default: all: {', '.join(method_names())})")
     parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="(default: every task in data/tasks)")
@@ -148,7 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--random-base", action="store_true", help="also run each on an untrained base")
     parser.add_argument("--steps", type=int, help=f"(default: train.py's, {default_steps_text()})")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                        help="run every configuration once per seed; with several, also a table of the mean "
+                             "score over the seeds (default: 0)")
     parser.add_argument("--out", default="results", help="(default results/)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep a configuration's finished run (its metrics.json, same steps, batch, seed and "
@@ -159,13 +193,15 @@ def main(argv=None) -> int:
         print("error: no tasks found in data/tasks; generate them first (see data/README.md)", file=sys.stderr)
         return 2
     if args.readme:
-        grid = readme_grid(tasks)
+        grid = [cell for cell in readme_grid(tasks) if cell[3] in args.methods]
     else:
         grid = [(model, random_base, task, method) for model in args.models
                 for random_base in ((False, True) if args.random_base else (False,))
                 for task in tasks for method in args.methods]
     records = run_grid(grid, args, Path(args.out))
-    markdown = table(records)
+    markdown = table([r for r in records if r.get("seed", args.seeds[0]) == args.seeds[0]])
+    if len(args.seeds) > 1:
+        markdown += "\n\n" + seed_table(records)
     atomic_write(Path(args.out) / "results.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
     print(markdown)
     return 0

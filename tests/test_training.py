@@ -255,6 +255,25 @@ def test_results_command_runs_each_configuration_and_prints_the_table(t5_dir, ta
     assert (tmp_path / "results.md").read_text().strip().splitlines() == table
 
 
+def test_results_with_several_seeds_adds_the_mean_over_them(t5_dir, task, tmp_path, monkeypatch, capsys):
+    from minipeft import results, taskdata
+    monkeypatch.setattr(taskdata, "TASK_DIR", task.parent.parent)
+    code = results.main(["--methods", "full", "probe", "--models", "t5", "--weights", str(t5_dir), "--seeds", "0", "1",
+                         "--steps", "2", "--batch-size", "4", "--out", str(tmp_path)])
+    assert code == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [(r["method"], r["seed"]) for r in runs] == [("full", 0), ("probe", 0), ("full", 1), ("probe", 1)]
+    assert (tmp_path / "t5-sentiment-probe" / "metrics.json").is_file()          # seed 0 keeps its place
+    assert (tmp_path / "t5-sentiment-probe-seed1" / "metrics.json").is_file()
+    first_table, seed_table = (tmp_path / "results.md").read_text().strip().split("\n\n")
+    assert capsys.readouterr().out.strip().endswith(seed_table)
+    assert len(first_table.splitlines()) == 4                                     # header, rule, seed 0's two runs
+    probe = [r["score"] * 100 for r in runs if r["method"] == "probe"]
+    full = [r["score"] * 100 for r in runs if r["method"] == "full"]
+    row = next(line for line in seed_table.splitlines() if line.startswith("| probe |"))
+    assert f"| 0, 1 | accuracy {sum(probe) / 2:.1f} ({min(probe):.1f} … {max(probe):.1f}) |" in row
+    assert row.endswith(f"| {100 * sum(probe) / sum(full):.0f}% |") if sum(full) else row.endswith("| – |")
+
 def test_default_steps_come_from_the_task():
     assert TrainConfig(task="sentiment").steps == training.DEFAULT_STEPS
     assert TrainConfig(task="e2e").steps == training.TASK_STEPS["e2e"]
