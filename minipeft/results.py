@@ -29,9 +29,11 @@ import sys
 from pathlib import Path
 
 from .methods import method_names
+from .methods.base import base_fingerprint, read_checkpoint
+from .methods.registry import make_options
 from .taskdata import task_names
-from .training import HF_BASES, TINY_BASES, TrainConfig, TrainingError, atomic_write, default_steps_text, run, \
-    write_json
+from .training import HF_BASES, PEFT_FILE, TINY_BASES, TrainConfig, TrainingError, atomic_write, build_base, \
+    default_steps_text, run, write_json
 
 COLUMNS = ("method", "base", "task", "steps", "trainable params", "trainable %", "checkpoint", "test score",
            "vs full", "train time")
@@ -120,8 +122,23 @@ def finished_run(config: TrainConfig) -> dict | None:
             "options": config.options, "dropout": config.dropout_rate}
     if any(record.get(key) != value for key, value in same.items()) or record.get("interrupted"):
         return None
+    if not trained_with_today_s_defaults(config):
+        return None
     record.pop("losses", None)
     return record
+
+
+def trained_with_today_s_defaults(config: TrainConfig) -> bool:
+    """Was the run's checkpoint trained on the base and with the method options that ``config``
+    gives now? metrics.json records only the options a user set; a method default changed since
+    (or a base pretrained again) makes the old run stale."""
+    try:
+        metadata, _ = read_checkpoint(Path(config.out) / PEFT_FILE, tensors=False)
+        options_now = json.loads(json.dumps(dataclasses.asdict(make_options(config.method, config.options))))
+        base, _ = build_base(config)
+    except (FileNotFoundError, ValueError, TypeError, TrainingError):
+        return False
+    return json.loads(metadata["options"]) == options_now and metadata["base_fingerprint"] == base_fingerprint(base)
 
 
 # Options a method needs on a base, in every grid: T5 has no biases, so BitFit trains its norm

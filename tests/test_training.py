@@ -274,6 +274,26 @@ def test_results_with_several_seeds_adds_the_mean_over_them(t5_dir, task, tmp_pa
     assert f"| 0, 1 | accuracy {sum(probe) / 2:.1f} ({min(probe):.1f} … {max(probe):.1f}) |" in row
     assert row.endswith(f"| {100 * sum(probe) / sum(full):.0f}% |") if sum(full) else row.endswith("| – |")
 
+def test_results_reuse_only_a_run_made_with_today_s_options_and_base(t5_dir, task, tmp_path, monkeypatch):
+    """--reuse must not keep a run whose method defaults or base changed since (metrics.json alone
+    records only the options the user set)."""
+    import dataclasses
+    from minipeft import results
+    from minipeft.methods import METHODS
+    made = config(t5_dir, task, tmp_path, method="lora", steps=1)
+    run(made, log=quiet)
+    assert results.finished_run(made)["method"] == "lora"
+    assert results.finished_run(dataclasses.replace(made, lr=5e-4)) is None            # metrics.json differs
+    assert results.finished_run(dataclasses.replace(made, options={"r": 4})) is None   # options the user set
+    lora = METHODS["lora"]
+    changed = dataclasses.make_dataclass("Options", [("r", int, dataclasses.field(default=lora.Options().r + 1))],
+                                         bases=(lora.Options,), frozen=True)
+    with monkeypatch.context() as patch:                                                # a default changed since
+        patch.setattr(lora, "Options", changed)
+        assert results.finished_run(made) is None
+    monkeypatch.setattr(results, "base_fingerprint", lambda model: "another base")      # the base changed since
+    assert results.finished_run(made) is None
+
 def test_default_steps_come_from_the_task():
     assert TrainConfig(task="sentiment").steps == training.DEFAULT_STEPS
     assert TrainConfig(task="e2e").steps == training.TASK_STEPS["e2e"]

@@ -210,8 +210,9 @@ def save_trained(peft: PeftModel, path: str | os.PathLike, extra: dict | None = 
     return path.stat().st_size
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a file written by :func:`save_trained`, with clear errors."""
+def read_checkpoint(path: str | os.PathLike, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a file written by :func:`save_trained`, with clear errors
+    (``tensors=False``: the metadata only, and an empty dict)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -222,13 +223,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+        trained = load_file(str(path)) if tensors else {}
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a minipeft PEFT checkpoint (format {metadata.get('format')!r}, "
                          f"expected {CHECKPOINT_FORMAT!r})")
-    return metadata, tensors
+    return metadata, trained
 
 
 def load_trained(model: nn.Module, path: str | os.PathLike, method: str | None = None) -> PeftModel:
