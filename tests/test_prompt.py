@@ -222,8 +222,8 @@ def test_logits_and_generation_match_peft_on_gpt2(hf_pair):
     with torch.no_grad():
         expected = theirs(input_ids=ids).logits[:, 5:]   # peft returns the m prompt positions too
         assert (ours(input_ids=ids) - expected).abs().max() <= 1e-4
-        # use_cache=False: with its cache, peft 0.21's generate drops the soft prompt after the first
-        # new token (the bug of huggingface/peft#1391, back again), so its own forward disagrees with it.
+        # use_cache=False: with its cache, peft 0.21.2's generate leaves its own forward's greedy path
+        # after the first new token (as reported in huggingface/peft#1391); uncached, the two agree.
         generated = theirs.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=999,
                                     use_cache=False)
     assert torch.equal(ours.generate(ids, max_new_tokens=6), generated[:, ids.shape[1]:])
