@@ -38,12 +38,16 @@ class GenerationMixin:
             raise ValueError("generate needs input_ids (B, S) or inputs_embeds (B, S, C)")
         if num_beams > 1 and do_sample:
             raise ValueError("beam search is deterministic: use num_beams=1 with do_sample=True")
-        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        batch, prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        self.check_generation_length(prompt_length, max_new_tokens)
         with packed_for_decoding(self, rows=batch * num_beams):
             state, tokens = self.start_decoding(input_ids, attention_mask, inputs_embeds, prefix_kv)
             if num_beams > 1:
                 return beam_search(self, state, tokens, max_new_tokens, num_beams, length_penalty)
             return sample_loop(self, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator)
+
+    def check_generation_length(self, prompt_length: int, max_new_tokens: int):
+        """Refuse, before decoding, a generation that would run past the model's positions (none here)."""
 
 
 def choose_next(logits, do_sample: bool, temperature: float, top_k: int | None, generator=None):

@@ -162,6 +162,14 @@ class GPT(GenerationMixin, nn.Module):
     def new_cache(self):
         return [KVCache() for _ in self.blocks]
 
+    def check_generation_length(self, prompt_length: int, max_new_tokens: int):
+        """The last new token is not fed back, so n prompt + N new tokens take n + N - 1 positions.
+        Checked before decoding, so the answer does not depend on whether an early end token stops it."""
+        if prompt_length + max_new_tokens - 1 > self.config.n_positions:
+            raise ValueError(f"a prompt of {prompt_length} tokens and max_new_tokens={max_new_tokens} need "
+                             f"{prompt_length + max_new_tokens - 1} positions, more than this model's "
+                             f"n_positions={self.config.n_positions}: truncate the input or generate fewer tokens")
+
     def start_decoding(self, input_ids, attention_mask=None, inputs_embeds=None, prefix_kv=None):
         """The prompt is the first step: the state starts empty and the prompt is fed as tokens."""
         state = {"cache": self.new_cache(), "attention_mask": attention_mask, "prefix_kv": prefix_kv,
