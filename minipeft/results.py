@@ -107,7 +107,7 @@ def seed_table(records: list[dict]) -> str:
         lines.append(" | ".join([
             f"| {label}", base_label(model, random_base), task, ", ".join(str(r["seed"]) for r in group),
             f"{name} {statistics.mean(scores):.1f} ({min(scores):.1f} … {max(scores):.1f})",
-            f"{100 * mean[key] / full:.0f}% |" if full else "– |"]))
+            f"{100 * mean[key] / full:.1f}% |" if full else "– |"]))   # a decimal: the 95 % goal is read here
     return "\n".join(lines)
 
 

@@ -272,7 +272,7 @@ def test_results_with_several_seeds_adds_the_mean_over_them(t5_dir, task, tmp_pa
     full = [r["score"] * 100 for r in runs if r["method"] == "full"]
     row = next(line for line in seed_table.splitlines() if line.startswith("| probe |"))
     assert f"| 0, 1 | accuracy {sum(probe) / 2:.1f} ({min(probe):.1f} … {max(probe):.1f}) |" in row
-    assert row.endswith(f"| {100 * sum(probe) / sum(full):.0f}% |") if sum(full) else row.endswith("| – |")
+    assert row.endswith(f"| {100 * sum(probe) / sum(full):.1f}% |") if sum(full) else row.endswith("| – |")
 
 def test_results_reuse_only_a_run_made_with_today_s_options_and_base(t5_dir, task, tmp_path, monkeypatch):
     """--reuse must not keep a run whose method defaults or base changed since (metrics.json alone
@@ -301,12 +301,18 @@ def test_default_steps_come_from_the_task():
     assert TrainConfig(task="e2e", data="mine.jsonl").steps == training.DEFAULT_STEPS   # --data: not the task
 
 
-def test_default_learning_rate_comes_from_the_method_or_the_table(monkeypatch):
+def test_default_learning_rate_comes_from_the_base_the_method_or_the_table(monkeypatch):
     from minipeft.methods import METHODS
     assert TrainConfig(method="probe").learning_rate == training.DEFAULT_LR["probe"]
     assert TrainConfig(method="probe", lr=0.5).learning_rate == 0.5
     monkeypatch.setattr(METHODS["probe"], "default_lr", 0.25, raising=False)
     assert TrainConfig(method="probe").learning_rate == 0.25
+    monkeypatch.setitem(training.BASE_LR, ("tiny-gpt", "probe"), 0.125)     # a base's own rate wins
+    assert TrainConfig(method="probe", model="tiny-gpt").learning_rate == 0.125
+    assert TrainConfig(method="probe", model="tiny-t5").learning_rate == 0.25
+    assert TrainConfig(method="probe", model="tiny-gpt", lr=0.5).learning_rate == 0.5
+    assert TrainConfig(method="prefix", model="tiny-gpt").learning_rate == 1e-3
+    assert TrainConfig(method="prefix", model="tiny-t5").learning_rate == training.DEFAULT_LR["prefix"]
 
 
 def test_dropout_is_off_for_a_frozen_base_and_the_base_s_own_for_full(t5_dir, task, tmp_path, monkeypatch):
