@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packing import linear
+
 
 def gelu_tanh(x):
     """GELU, tanh approximation ("gelu_new" of GPT-2 and T5 v1.1):
@@ -61,10 +63,76 @@ def embedding(input_ids, weight, tied_to_head: bool):
     When the same (V, C) matrix is also the LM head (tied), its gradient is a dense (V, C) matrix
     anyway: the head's. The lookup's own contribution touches only the looked-up rows, so it is
     returned as a sparse gradient and added into the head's, instead of materialising (and
-    zero-filling) another full (V, C) matrix for every lookup: ~3·V·C fewer floats written per
-    training step. Untied, the embedding's gradient stays dense (optimisers such as AdamW need that).
+    zero-filling) another full (V, C) matrix for every lookup; with ``gradient_last`` (below) the
+    addition happens in place, so a lookup costs what its rows cost. Untied, the embedding's
+    gradient stays dense (optimisers such as AdamW need that).
     """
     return F.embedding(input_ids, weight, sparse=tied_to_head)
+
+
+# ---- the tied head's gradient --------------------------------------------------------------------
+#
+# With tied embeddings one (V, C) matrix E gets three gradients in a T5 training step: a dense one
+# from the LM head (logits = h Eᵀ) and a sparse one from each lookup (encoder, decoder: only the
+# looked-up rows, see ``embedding``). Autograd sums them as they arrive. It adds in place into a
+# dense gradient that it alone holds, but it never adds a sparse one into a dense one in place: it
+# copies the dense (V, C) matrix first. The head's gradient comes first (the head is the last op of
+# the forward pass, so its backward runs first), so each lookup used to cost a copy of E's size,
+# 16 million floats at t5-small shape. Two small changes let the sparse gradients come first,
+# where they are summed cheaply, and the dense one last, where the sum lands in it in place:
+#
+# * ``gradient_last(E)``, called *before* the lookups, is an identity in the graph. The backward
+#   pass runs ready nodes newest first, so this oldest node hands the head's gradient on last.
+# * ``lm_head`` computes the head's gradient as a fresh (V, C) matrix. ``F.linear``'s is a
+#   transposed view of its matmul, which autograd may not overwrite, so it would copy anyway.
+#
+# The gradient is the same sum, in another order (it agrees to float32 rounding, ``tests/test_fast_paths.py``).
+
+class _GradientLast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def gradient_last(weight):
+    """``weight`` itself, through an identity node created now: call it before the embedding
+    lookups, and the head's gradient reaches ``weight`` after theirs (see the note above). Only
+    for float32 (and float64) weights: on the CPU torch cannot add two sparse fp16 gradients."""
+    if torch.is_grad_enabled() and weight.requires_grad and weight.dtype in (torch.float32, torch.float64):
+        return _GradientLast.apply(weight)
+    return weight
+
+
+class _LMHead(torch.autograd.Function):
+    """logits = h Eᵀ with the textbook gradients ∂h = g E and ∂E = gᵀ h, each a fresh tensor."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight):                   # hidden (N, C), weight (V, C)
+        ctx.save_for_backward(hidden, weight)
+        return hidden @ weight.t()                      # (N, V)
+
+    @staticmethod
+    def backward(ctx, grad):                            # grad (N, V)
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None      # (N, C)
+        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None  # (V, C)
+        return grad_hidden, grad_weight
+
+
+def lm_head(hidden, weight, packed=None):
+    """Logits ``h Wᵀ``: (…, C) hidden states and the (V, C) head → (…, V).
+
+    Decoding uses the packed copy (``packing.linear``); training a head that needs a gradient uses
+    :class:`_LMHead`, whose ∂W is a fresh matrix (see ``gradient_last``). Under autocast, the
+    usual ``F.linear``."""
+    if (torch.is_grad_enabled() and weight.requires_grad
+            and not torch.is_autocast_enabled(hidden.device.type)):
+        return _LMHead.apply(hidden.reshape(-1, hidden.shape[-1]), weight).view(*hidden.shape[:-1], -1)
+    return linear(hidden, weight, packed=packed)
 
 
 def check_token_ids(input_ids, vocab_size: int):

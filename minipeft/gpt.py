@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from .attention import GPTAttention, KVCache, causal_mask, padding_mask, with_prefix_columns
-from .functional import Dropout, check_token_ids, embedding, gelu_tanh
+from .functional import Dropout, check_token_ids, embedding, gelu_tanh, gradient_last, lm_head
 from .generate import GenerationMixin
 from .optim.init import gpt2_init_
-from .packing import Linear, linear
+from .packing import Linear
 from .shapes import Dims
 
 
@@ -114,8 +114,9 @@ class GPT(GenerationMixin, nn.Module):
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, prefix_kv=None, cache=None,
                 position_ids=None):
         """Logits (B, T, V): the head (tied to ``wte``) applied to :meth:`features`."""
+        head = gradient_last(self.head_weight())  # before the lookup: see functional.gradient_last
         hidden = self.features(input_ids, attention_mask, inputs_embeds, prefix_kv, cache, position_ids)
-        return linear(hidden, self.head_weight(), packed=self.packed_head)        # (B, T, V)
+        return lm_head(hidden, head, packed=self.packed_head)                      # (B, T, V)
 
     def features(self, input_ids=None, attention_mask=None, inputs_embeds=None, prefix_kv=None, cache=None,
                  position_ids=None):
@@ -191,7 +192,7 @@ class GPT(GenerationMixin, nn.Module):
         hidden = self.features(input_ids=tokens if embeds is None else None, inputs_embeds=embeds,
                                attention_mask=mask, prefix_kv=state["prefix_kv"], cache=state["cache"])
         # Only the last position's logits choose the next token: skip the head for the rest of the prompt.
-        return linear(hidden[:, -1], self.head_weight(), packed=self.packed_head)  # (B, V)
+        return lm_head(hidden[:, -1], self.head_weight(), packed=self.packed_head)  # (B, V)
 
     def reorder_state(self, state, batch_index):
         if state["inputs_embeds"] is not None:

@@ -73,10 +73,41 @@ def test_tied_embedding_gradient_is_dense_and_equals_a_dense_lookup(index, monke
     assert fast.layout == torch.strided  # AdamW needs a dense gradient
     weight.grad = None
     module = minipeft.t5 if index == 0 else minipeft.gpt
-    monkeypatch.setattr(module, "embedding", lambda ids, weight, tied_to_head: F.embedding(ids, weight))  # dense
+    # The textbook path: dense lookups, F.linear as the head, no reordering of the gradients.
+    monkeypatch.setattr(module, "embedding", lambda ids, weight, tied_to_head: F.embedding(ids, weight))
+    monkeypatch.setattr(module, "lm_head", lambda hidden, weight, packed=None: F.linear(hidden, weight))
+    monkeypatch.setattr(module, "gradient_last", lambda weight: weight)
     torch.manual_seed(0)
     loss().backward()
     torch.testing.assert_close(weight.grad, fast, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
+def test_tied_matrix_gradient_is_summed_without_a_copy_of_its_size(index):
+    """The head's dense gradient arrives after the lookups' sparse ones and takes them in place
+    (functional.gradient_last): no op in the backward pass copies a (V, C) matrix."""
+    from torch.profiler import profile
+    model = tiny_models()[index].train()
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    inputs = dict(input_ids=ids, decoder_input_ids=ids[:, :4]) if index == 0 else dict(input_ids=ids)
+    loss = model(**inputs).square().mean()
+    with profile(record_shapes=True) as prof:
+        loss.backward()
+    size = model.head_weight().numel()
+    copies = [event.name for event in prof.events()
+              if event.name in ("aten::copy_", "aten::clone", "aten::zeros", "aten::fill_")
+              and event.input_shapes and event.input_shapes[0] and torch.Size(event.input_shapes[0]).numel() == size]
+    assert not copies, f"the tied matrix's gradient was copied or zero-filled: {copies}"
+    assert model.head_weight().grad.layout == torch.strided
+
+
+def test_training_under_bf16_autocast_uses_f_linear_for_the_head():
+    model = tiny_models()[0].train()
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids, decoder_input_ids=ids[:, :4])
+    logits.float().square().mean().backward()
+    assert logits.dtype == torch.bfloat16 and model.head_weight().grad is not None
 
 
 @needs_onednn

@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import KVCache, T5Attention, causal_mask, padding_mask, with_prefix_columns
-from .functional import Dropout, check_token_ids, embedding, gelu_tanh
+from .functional import Dropout, check_token_ids, embedding, gelu_tanh, gradient_last, lm_head
 from .generate import GenerationMixin
 from .optim.init import t5_init_
-from .packing import Linear, linear
+from .packing import Linear
 from .shapes import Dims
 
 
@@ -249,8 +249,9 @@ class T5Model(GenerationMixin, nn.Module):
         return self.encoder(embeds, attention_mask=attention_mask, prefix_kv=prefix_kv)
 
     def decode(self, decoder_input_ids, encoder_out, attention_mask=None, decoder_attention_mask=None,
-               prefix_kv=None, cache=None):
-        """Decoder ids (B, T) over encoder output (B, S, C) → logits (B, T, V)."""
+               prefix_kv=None, cache=None, head=None):
+        """Decoder ids (B, T) over encoder output (B, S, C) → logits (B, T, V). ``head``: the (V, C)
+        LM head as :meth:`forward` passes it (through ``gradient_last``); None: ``head_weight()``."""
         hidden = self.decoder(
             self.embed(decoder_input_ids), attention_mask=decoder_attention_mask, encoder_out=encoder_out,
             encoder_mask=attention_mask, prefix_kv=prefix_kv, cache=cache,
@@ -258,7 +259,8 @@ class T5Model(GenerationMixin, nn.Module):
         if self.config.scale_decoder_outputs:
             # With tied embeddings (T5 v1.0) the rescale keeps the logits at the scale an untied head learns.
             hidden = hidden * self.config.d_model ** -0.5
-        return linear(hidden, self.head_weight(), packed=self.packed_head)            # (B, T, V)
+        head = self.head_weight() if head is None else head
+        return lm_head(hidden, head, packed=self.packed_head)                        # (B, T, V)
 
     def head_weight(self):
         """The LM head (V, C): the shared embedding when tied, else ``lm_head``."""
@@ -271,10 +273,13 @@ class T5Model(GenerationMixin, nn.Module):
         if decoder_input_ids is None:
             raise ValueError("T5Model needs decoder_input_ids (B, T); for training use model.shift_right(labels)")
         prefix_kv = prefix_kv or {}
+        # Taken before the embedding lookups, so the head's gradient reaches the tied matrix after
+        # theirs and is summed in place (functional.gradient_last: saves two copies of its size).
+        head = gradient_last(self.head_weight())
         if encoder_out is None:
             encoder_out = self.encode(input_ids, attention_mask, inputs_embeds, prefix_kv.get("encoder"))
         return self.decode(decoder_input_ids, encoder_out, attention_mask, decoder_attention_mask,
-                           prefix_kv.get("decoder"))
+                           prefix_kv.get("decoder"), head=head)
 
     def shift_right(self, labels):
         """Teacher forcing: decoder input = [start, y_0 … y_{T-2}], with -100 (ignored) → pad."""
