@@ -64,6 +64,8 @@ PEFT_FILE, STATE_FILE, METRICS_FILE, EVAL_FILE = "peft.safetensors", "state.pt",
 # (300; 1,000 for nli and e2e), used when --lr is not given (measured: README, Results). Methods
 # that train few parameters far from the output (prompts, prefixes) need larger steps than full
 # fine-tuning, which changes every weight.
+# Full fine-tuning: 3e-4, better on dev than 1e-3 (T5 sentiment 88.0 vs 84.3 %, seeds 0/1/2; e2e BLEU
+# 47.9 vs 47.1, seed 0; nli equal, 56.7 vs 56.8 %, where 1e-3 costs only the random base: README).
 # Adapters: 1e-2 (at 1e-3 they reach a third of full's BLEU on e2e in 300 steps). LoRA: 3e-3, chosen
 # on the dev sets: at 1e-2 its 1,000 nli steps stall at 40-42 % dev accuracy (seeds 0, 1) against
 # 57 % at 3e-3, and 3e-3 is as good or better on dev for T5 sentiment (86 vs 80 %), GPT sentiment
