@@ -3,15 +3,20 @@
 Both models expose the same three methods, so one decoding loop serves both:
 
     state, tokens = model.start_decoding(input_ids, attention_mask)   # T5: run the encoder once
-    logits = model.decode_step(state, tokens)                          # (B, V) for the next token
+    hidden = model.step_features(state, tokens)                        # (B, C), what the head reads
     model.reorder_state(state, batch_index)                            # beam search: keep these rows
+
+and ``model.decode_step(state, tokens)`` is the head applied to ``step_features``: the logits (B, V)
+for the next token.
 
 ``state`` holds the :class:`~minipeft.attention.KVCache` of every layer, so step t feeds only the
 token chosen at step t-1: one row of attention per layer instead of re-running the whole prefix.
 
 While ``generate`` runs, every weight matrix is used from a copy packed for B-row matmuls
 (``packing.py``): the same numbers, laid out once for the small-batch kernel instead of at every step,
-and kept for the next call while the weights are unchanged.
+and kept for the next call while the weights are unchanged. Greedy decoding reads the LM head
+through a bfloat16 screen and decides in float32 (``screening.py``): the same tokens, half the
+head's bytes.
 
 Generation does not switch the model to ``eval()``: call it yourself (dropout would otherwise
 make greedy decoding random). ``generate`` returns only the new tokens, (B, ≤ max_new_tokens);
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import torch
 
+from .functional import lm_head
 from .packing import packed_for_decoding
+from .screening import greedy_tokens, screen_for
 
 
 class GenerationMixin:
@@ -44,7 +51,12 @@ class GenerationMixin:
             state, tokens = self.start_decoding(input_ids, attention_mask, inputs_embeds, prefix_kv)
             if num_beams > 1:
                 return beam_search(self, state, tokens, max_new_tokens, num_beams, length_penalty)
-            return sample_loop(self, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator)
+            screen = None if do_sample else screen_for(self.head_weight(), rows=batch)
+            return sample_loop(self, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator, screen)
+
+    def decode_step(self, state, tokens):
+        """Feed new tokens (B, t); return the next-token logits (B, V)."""
+        return lm_head(self.step_features(state, tokens), self.head_weight(), packed=self.packed_head)
 
     def check_generation_length(self, prompt_length: int, max_new_tokens: int):
         """Refuse, before decoding, a generation that would run past the model's positions (none here)."""
@@ -64,13 +76,17 @@ def choose_next(logits, do_sample: bool, temperature: float, top_k: int | None, 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def sample_loop(model, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator):
+def sample_loop(model, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator, screen=None):
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     new_tokens = []
     for _ in range(max_new_tokens):
-        logits = model.decode_step(state, tokens)                                        # (B, V)
-        next_tokens = choose_next(logits, do_sample, temperature, top_k, generator)     # (B,)
+        if do_sample:
+            logits = model.decode_step(state, tokens)                                    # (B, V)
+            next_tokens = choose_next(logits, do_sample, temperature, top_k, generator) # (B,)
+        else:   # the float32 argmax, screened in bfloat16 where it can be (screening.py)
+            next_tokens = greedy_tokens(model.step_features(state, tokens), model.head_weight(),
+                                        packed=model.packed_head, screen=screen)        # (B,)
         next_tokens = next_tokens.masked_fill(finished, pad)
         new_tokens.append(next_tokens)
         finished |= next_tokens == eos

@@ -183,7 +183,8 @@ class GPT(GenerationMixin, nn.Module):
         """What runs at every decoding step: every block."""
         return self.blocks
 
-    def decode_step(self, state, tokens):
+    def step_features(self, state, tokens):
+        """Feed new tokens (B, t); return what the head reads for the next token (B, C)."""
         mask = state["attention_mask"]
         if mask is not None and state["cache"][0].length > 0:
             mask = torch.cat([mask, mask.new_ones(tokens.shape)], dim=1)       # the new tokens are real
@@ -191,8 +192,8 @@ class GPT(GenerationMixin, nn.Module):
         embeds, state["inputs_embeds"] = state["inputs_embeds"], None           # prompt embeddings, first step only
         hidden = self.features(input_ids=tokens if embeds is None else None, inputs_embeds=embeds,
                                attention_mask=mask, prefix_kv=state["prefix_kv"], cache=state["cache"])
-        # Only the last position's logits choose the next token: skip the head for the rest of the prompt.
-        return lm_head(hidden[:, -1], self.head_weight(), packed=self.packed_head)  # (B, V)
+        # Only the last position chooses the next token: the head never reads the rest of the prompt.
+        return hidden[:, -1]                                                       # (B, C)
 
     def reorder_state(self, state, batch_index):
         if state["inputs_embeds"] is not None:

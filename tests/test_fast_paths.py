@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import minipeft
-from minipeft import packing
+from minipeft import packing, screening
 
 needs_onednn = pytest.mark.skipif(not packing.can_pack(torch.zeros(1)), reason="this torch build has no oneDNN on CPU")
 
@@ -147,3 +147,83 @@ def test_generation_after_an_in_place_weight_change_uses_the_new_weights(index, 
     monkeypatch.setattr(packing, "pack_weight", lambda weight, rows: None)
     packing.forget_packed()
     assert torch.equal(model.generate(ids, max_new_tokens=6), after)
+
+
+# -- greedy decoding's bfloat16 screen (screening.py) -------------------------------------------------------
+
+needs_bf16 = pytest.mark.skipif(not screening.can_screen(torch.zeros(64, 8)),
+                                reason="this torch build's oneDNN has no bfloat16 matmul on this CPU")
+
+
+class CountingLinear:
+    """Stands in for ``screening.linear`` and counts the float32 fallbacks."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return packing.linear(*args, **kwargs)
+
+
+@needs_bf16
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_screened_greedy_tokens_are_the_float32_argmax(scale, monkeypatch):
+    fallback = CountingLinear()
+    monkeypatch.setattr(screening, "linear", fallback)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(500, 64, generator=generator)                              # (V, C)
+    screen = screening.screen_for(weight, rows=8)
+    for _ in range(20):
+        hidden = scale * torch.randn(8, 64, generator=generator)                    # (B, C)
+        assert torch.equal(screening.greedy_tokens(hidden, weight, screen=screen), (hidden @ weight.T).argmax(-1))
+    assert fallback.calls < 5           # the screen decided (nearly) every step itself
+
+
+@needs_bf16
+def test_a_near_tie_among_the_candidates_is_decided_in_float32(monkeypatch):
+    fallback = CountingLinear()
+    monkeypatch.setattr(screening, "linear", fallback)
+    weight = torch.randn(100, 32, generator=torch.Generator().manual_seed(1))
+    hidden = 10 * weight[7:8] / weight[7].norm()                                      # (1, C): token 7 wins …
+    weight[3] = weight[7] * (1 - 1e-6)                                                # … by 1e-6 over token 3,
+    screen = screening.screen_for(weight, rows=1)                                     # the same row in bfloat16
+    assert screening.greedy_tokens(hidden, weight, screen=screen).item() == (hidden @ weight.T).argmax().item() == 7
+    assert fallback.calls == 0
+
+
+@needs_bf16
+def test_more_near_ties_than_candidates_fall_back_to_float32(monkeypatch):
+    fallback = CountingLinear()
+    monkeypatch.setattr(screening, "linear", fallback)
+    weight = torch.randn(100, 32, generator=torch.Generator().manual_seed(1))
+    hidden = 10 * weight[7:8] / weight[7].norm()                                      # (1, C)
+    for i, token in enumerate(range(40, 40 + screening.CANDIDATES + 4)):              # K + 4 rows all but equal
+        weight[token] = weight[7] * (1 - (i + 1) * 1e-7)                              # to the winner's
+    screen = screening.screen_for(weight, rows=1)
+    assert screening.greedy_tokens(hidden, weight, screen=screen).item() == (hidden @ weight.T).argmax().item() == 7
+    assert fallback.calls == 1
+
+
+@needs_bf16
+@pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
+def test_greedy_generation_is_the_same_with_and_without_the_screen(index, monkeypatch):
+    import minipeft.generate as generate_module
+    model = tiny_models()[index]
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    screened = model.generate(ids, max_new_tokens=8)
+    monkeypatch.setattr(generate_module, "screen_for", lambda weight, rows: None)
+    assert torch.equal(model.generate(ids, max_new_tokens=8), screened)
+
+
+@needs_bf16
+def test_the_screen_is_made_again_when_the_head_changes():
+    weight = torch.randn(40, 8)
+    first = screening.screen_for(weight, rows=2)
+    assert screening.screen_for(weight, rows=2) is first
+    with torch.no_grad():
+        weight.mul_(-1)                                                                # as an optimiser step would
+    hidden = torch.randn(2, 8)
+    again = screening.screen_for(weight, rows=2)
+    assert again is not first
+    assert torch.equal(screening.greedy_tokens(hidden, weight, screen=again), (hidden @ weight.T).argmax(-1))

@@ -252,6 +252,14 @@ class T5Model(GenerationMixin, nn.Module):
                prefix_kv=None, cache=None, head=None):
         """Decoder ids (B, T) over encoder output (B, S, C) → logits (B, T, V). ``head``: the (V, C)
         LM head as :meth:`forward` passes it (through ``gradient_last``); None: ``head_weight()``."""
+        hidden = self.decoder_features(decoder_input_ids, encoder_out, attention_mask, decoder_attention_mask,
+                                       prefix_kv, cache)                               # (B, T, C)
+        head = self.head_weight() if head is None else head
+        return lm_head(hidden, head, packed=self.packed_head)                        # (B, T, V)
+
+    def decoder_features(self, decoder_input_ids, encoder_out, attention_mask=None, decoder_attention_mask=None,
+                         prefix_kv=None, cache=None):
+        """What the LM head reads, (B, T, C): the decoder's output, rescaled when the head is tied."""
         hidden = self.decoder(
             self.embed(decoder_input_ids), attention_mask=decoder_attention_mask, encoder_out=encoder_out,
             encoder_mask=attention_mask, prefix_kv=prefix_kv, cache=cache,
@@ -259,8 +267,7 @@ class T5Model(GenerationMixin, nn.Module):
         if self.config.scale_decoder_outputs:
             # With tied embeddings (T5 v1.0) the rescale keeps the logits at the scale an untied head learns.
             hidden = hidden * self.config.d_model ** -0.5
-        head = self.head_weight() if head is None else head
-        return lm_head(hidden, head, packed=self.packed_head)                        # (B, T, V)
+        return hidden
 
     def head_weight(self):
         """The LM head (V, C): the shared embedding when tied, else ``lm_head``."""
@@ -305,11 +312,11 @@ class T5Model(GenerationMixin, nn.Module):
         """What runs at every decoding step (the encoder runs once, in ``start_decoding``)."""
         return self.decoder
 
-    def decode_step(self, state, tokens):
-        """Feed new decoder tokens (B, t); return the next-token logits (B, V)."""
-        logits = self.decode(tokens, state["encoder_out"], state["attention_mask"],
-                             prefix_kv=state["prefix_kv"], cache=state["cache"])
-        return logits[:, -1]
+    def step_features(self, state, tokens):
+        """Feed new decoder tokens (B, t); return what the head reads for the next token (B, C)."""
+        hidden = self.decoder_features(tokens, state["encoder_out"], state["attention_mask"],
+                                       prefix_kv=state["prefix_kv"], cache=state["cache"])
+        return hidden[:, -1]
 
     def reorder_state(self, state, batch_index):
         state["encoder_out"] = state["encoder_out"].index_select(0, batch_index)
