@@ -28,8 +28,9 @@ If the best float32 logit among the top K, z*, is larger than that, it is the ar
 The bfloat16 copy is made, packed and kept like the float32 packed copies (``packing.py``):
 once per weight and batch size, again only when the weight changes. It costs memory, half the
 head's size. It is used only for greedy decoding in float32 on a CPU whose oneDNN has bfloat16
-(``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), where sampling, beam search and every other
-case use the float32 logits. ``tests/test_fast_paths.py`` checks that the tokens are the float32
+(``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), and only for a head of at least
+``MIN_HEAD_SIZE`` numbers, where reading it costs more than the screen's extra steps; sampling,
+beam search and every other case use the float32 logits. ``tests/test_fast_paths.py`` checks that the tokens are the float32
 argmax's, including a near-tie that takes the fallback.
 """
 
@@ -45,6 +46,7 @@ from .packing import can_pack, linear
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8
 CANDIDATES = 16            # K: how many screened logits are recomputed in float32
+MIN_HEAD_SIZE = 2 ** 22    # V·C below which the float32 head is cheap enough (the tiny bases' is 2¹⁷)
 
 # weight → (rows, weight's version when made, Screen); an entry dies with its weight.
 _screens = WeakIdKeyDictionary()
@@ -60,8 +62,8 @@ class Screen:
 
 
 def can_screen(weight: torch.Tensor) -> bool:
-    """A float32 CPU weight with more than K rows, on a oneDNN that has bfloat16 matmuls."""
-    return (can_pack(weight) and weight.shape[0] > CANDIDATES
+    """A large float32 CPU head (more than K rows), on a oneDNN that has bfloat16 matmuls."""
+    return (can_pack(weight) and weight.shape[0] > CANDIDATES and weight.numel() >= MIN_HEAD_SIZE
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

@@ -151,8 +151,14 @@ def test_generation_after_an_in_place_weight_change_uses_the_new_weights(index, 
 
 # -- greedy decoding's bfloat16 screen (screening.py) -------------------------------------------------------
 
-needs_bf16 = pytest.mark.skipif(not screening.can_screen(torch.zeros(64, 8)),
+needs_bf16 = pytest.mark.skipif(not (packing.can_pack(torch.zeros(1)) and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
                                 reason="this torch build's oneDNN has no bfloat16 matmul on this CPU")
+
+
+@pytest.fixture(autouse=True)
+def screen_small_heads(monkeypatch):
+    """The screen serves large heads only; these tests' heads are small."""
+    monkeypatch.setattr(screening, "MIN_HEAD_SIZE", 0)
 
 
 class CountingLinear:
@@ -214,6 +220,11 @@ def test_greedy_generation_is_the_same_with_and_without_the_screen(index, monkey
     screened = model.generate(ids, max_new_tokens=8)
     monkeypatch.setattr(generate_module, "screen_for", lambda weight, rows: None)
     assert torch.equal(model.generate(ids, max_new_tokens=8), screened)
+
+
+def test_small_heads_are_not_screened(monkeypatch):
+    monkeypatch.setattr(screening, "MIN_HEAD_SIZE", 2 ** 22)
+    assert not screening.can_screen(torch.zeros(1024, 128))            # the tiny bases' head
 
 
 @needs_bf16
