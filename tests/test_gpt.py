@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import minipeft
+from minipeft import screening
 from minipeft.gpt import GPT, GPTConfig
 
 from conftest import reference
@@ -94,7 +95,11 @@ def test_logits_match_transformers_with_padding(gpt2_pair):
     assert delta[mask.bool()].max() <= 1e-4
 
 
-def test_greedy_generation_matches_transformers_with_left_padding(gpt2_pair):
+@pytest.mark.parametrize("screened", [False, True], ids=["float32-head", "bf16-screened-head"])
+def test_greedy_generation_matches_transformers_with_left_padding(gpt2_pair, screened, monkeypatch):
+    """This GPT's head is small, so the bfloat16 screen (screening.py) is switched on by hand."""
+    if screened:
+        monkeypatch.setattr(screening, "MIN_HEAD_SIZE", 0)
     hf, ours = gpt2_pair
     x = torch.randint(0, 999, (3, 10), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(x)
