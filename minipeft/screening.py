@@ -30,8 +30,8 @@ once per weight and batch size, again only when the weight changes. It costs mem
 head's size. It is used only for greedy decoding in float32 on a CPU whose oneDNN has bfloat16
 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), and only for a head of at least
 ``MIN_HEAD_SIZE`` numbers, where reading it costs more than the screen's extra steps; sampling,
-beam search and every other case use the float32 logits. ``tests/test_fast_paths.py`` checks that the tokens are the float32
-argmax's, including a near-tie that takes the fallback.
+beam search and every other case use the float32 logits. ``tests/test_fast_paths.py`` checks that
+the tokens are the float32 argmax's, including near-ties that take the fallback.
 """
 
 from __future__ import annotations
@@ -81,11 +81,6 @@ def screen_for(weight: torch.Tensor, rows: int) -> Screen | None:
                     max_rounding_norm=(weight - rounded.float()).norm(dim=1).max().item())
     _screens[weight] = (rows, weight._version, screen)
     return screen
-
-
-def forget_screens() -> None:
-    """Drop every kept bfloat16 copy."""
-    _screens.clear()
 
 
 def greedy_tokens(hidden, weight, packed=None, screen: Screen | None = None):
