@@ -50,13 +50,19 @@ def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
 
 def packed_copy(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
     """``pack_weight(weight, rows)``, reused while ``weight`` is unchanged since it was packed."""
-    kept = _packed_copies.get(weight)
+    return kept_copy(_packed_copies, weight, rows, lambda: pack_weight(weight, rows))
+
+
+def kept_copy(cache: WeakIdKeyDictionary, weight: torch.Tensor, rows: int, make):
+    """``make()``, kept in ``cache`` (weight → (rows, version, copy)) and returned again while the
+    weight's version counter and ``rows`` are unchanged; a None from ``make`` is not kept."""
+    kept = cache.get(weight)
     if kept is not None and kept[:2] == (rows, weight._version):
         return kept[2]
-    packed = pack_weight(weight, rows)
-    if packed is not None:
-        _packed_copies[weight] = (rows, weight._version, packed)
-    return packed
+    made = make()
+    if made is not None:
+        cache[weight] = (rows, weight._version, made)
+    return made
 
 
 def forget_packed() -> None:

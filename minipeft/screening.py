@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .packing import can_pack, linear
+from .packing import can_pack, kept_copy, linear
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8
 CANDIDATES = 16            # K: how many screened logits are recomputed in float32
@@ -72,15 +72,14 @@ def screen_for(weight: torch.Tensor, rows: int) -> Screen | None:
     """The :class:`Screen` of ``weight`` for ``rows`` rows, reused while the weight is unchanged."""
     if not can_screen(weight):
         return None
-    kept = _screens.get(weight)
-    if kept is not None and kept[:2] == (rows, weight._version):
-        return kept[2]
+    return kept_copy(_screens, weight, rows, lambda: make_screen(weight, rows))
+
+
+def make_screen(weight: torch.Tensor, rows: int) -> Screen:
     rounded = weight.detach().to(torch.bfloat16)                                       # (V, C)
-    screen = Screen(packed=torch.ops.mkldnn._reorder_linear_weight(rounded, rows),
-                    max_row_norm=weight.norm(dim=1).max().item(),
-                    max_rounding_norm=(weight - rounded.float()).norm(dim=1).max().item())
-    _screens[weight] = (rows, weight._version, screen)
-    return screen
+    return Screen(packed=torch.ops.mkldnn._reorder_linear_weight(rounded, rows),
+                  max_row_norm=weight.norm(dim=1).max().item(),
+                  max_rounding_norm=(weight - rounded.float()).norm(dim=1).max().item())
 
 
 def greedy_tokens(hidden, weight, packed=None, screen: Screen | None = None):
