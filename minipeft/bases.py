@@ -18,7 +18,8 @@ Make them (one time; the results are committed, so users never need to):
 
     python -m minipeft.bases pretrain tiny-t5     # 14 minutes on one core of this 2-core machine
     python -m minipeft.bases pretrain tiny-gpt    # 8 minutes
-    python -m minipeft.bases evaluate tiny-t5     # held-out loss and accuracy of the shipped files
+    python -m minipeft.bases evaluate tiny-t5     # held-out loss and accuracy of the shipped files,
+                                                  # and the paraphrase probe (world/probes.py)
 
 Use them: ``model, tokenizer = load_base("tiny-t5")``; ``random_base("tiny-t5")`` gives the same
 architecture and tokenizer with untrained weights, the baseline that shows what pretraining brings.
@@ -47,7 +48,8 @@ from .optim import build_optimizer, weight_decay_groups
 from .objectives import IGNORE_INDEX, causal_lm_loss, seq2seq_loss, span_corruption
 from .t5 import T5Config, T5Model
 from .tokenizers import T5Tokenizer
-from .world import DATA_DIR, EXTRA_IDS
+from .world import DATA_DIR, EXTRA_IDS, build_world
+from .world.probes import paraphrase_items
 
 BASE_NAMES = ("tiny-t5", "tiny-gpt")
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "spiece.model"
@@ -269,6 +271,58 @@ def evaluate(model, tokenizer: T5Tokenizer, lines: list[str], config: PretrainCo
     return {"loss": sum(losses) / len(losses), "accuracy": correct / counted, "tokens": counted}
 
 
+def cloze_probe(model, tokenizer: T5Tokenizer, items) -> dict:
+    """Ask ``model`` the fill-in-the-blank questions ``items`` (``world.probes.ClozeItem``): multiple
+    choice by likelihood, the candidate whose words the model finds most probable in the blank.
+
+    tiny-t5 reads the text with the blank (``<extra_id_0>``, as in span corruption) and scores
+    ``<extra_id_0> words`` as its decoder's output; tiny-gpt scores the words as the continuation
+    of the text before the blank. The score is the sum of the words' token log-probabilities (no
+    length normalisation: the candidates of a slot have similar lengths, and the true one is not
+    favoured either way). Returns the accuracy, the chance level (the mean of 1/#candidates) and
+    both per slot."""
+    was_training = model.training
+    model.eval()
+    right, chance, by_slot = 0, 0.0, {}
+    for item in items:
+        spans = [tokenizer.encode(words, add_eos=False) for words in item.candidates.values()]
+        with torch.no_grad():
+            scores = candidate_log_probs(model, tokenizer, item, spans)
+        chosen = list(item.candidates)[int(scores.argmax())]
+        slot = by_slot.setdefault(item.slot, {"right": 0, "chance": 0.0, "items": 0})
+        slot["right"] += chosen == item.answer
+        slot["chance"] += 1 / len(item.candidates)
+        slot["items"] += 1
+        right += chosen == item.answer
+        chance += 1 / len(item.candidates)
+    model.train(was_training)
+    return {"accuracy": right / len(items), "chance": chance / len(items), "items": len(items),
+            "by_slot": {name: {"accuracy": s["right"] / s["items"], "chance": s["chance"] / s["items"],
+                               "items": s["items"]} for name, s in sorted(by_slot.items())}}
+
+
+def candidate_log_probs(model, tokenizer: T5Tokenizer, item, spans: list[list[int]]) -> torch.Tensor:
+    """(N,) summed log-probability of each candidate's tokens ``spans[n]`` in ``item``'s blank,
+    all N candidates in one batch (padded with id 0 after their end, which a causal decoder never
+    reads back)."""
+    longest = max(len(span) for span in spans)
+    if isinstance(model, T5Model):
+        # decoder: <pad> <extra_id_0> span … → predicts <extra_id_0> span …; the span starts at position 1
+        source = torch.tensor([tokenizer.encode(item.text)]).expand(len(spans), -1)
+        decoder_input = torch.tensor([[tokenizer.pad_token_id, tokenizer.sentinel_id(0)] + span[:-1]
+                                      + [0] * (longest - len(span)) for span in spans])   # (N, 1 + longest)
+        log_probs = model(input_ids=source, decoder_input_ids=decoder_input).log_softmax(-1)
+        start = 1
+    else:
+        # prompt span … → the token after the prompt's last one is the span's first
+        prompt = tokenizer.encode(item.prompt, add_eos=False)
+        tokens = torch.tensor([prompt + span + [0] * (longest - len(span)) for span in spans])
+        log_probs = model(input_ids=tokens).log_softmax(-1)
+        start = len(prompt) - 1
+    return torch.stack([log_probs[row, start:start + len(span)].gather(-1, torch.tensor(span)[:, None]).sum()
+                        for row, span in enumerate(spans)])
+
+
 # ---- pretraining ---------------------------------------------------------------------------------
 
 def learning_rate(step: int, config: PretrainConfig) -> float:
@@ -361,7 +415,9 @@ def main(argv=None):
     else:
         model, tokenizer = load_base(args.name, args.out or args.data)
         held_out = Path(args.data, "corpus.txt").read_text(encoding="utf-8").splitlines()[-config.held_out_lines:]
-        print(json.dumps({"stored": str(STORAGE_DTYPE), **evaluate(model, tokenizer, held_out, config)}))
+        probe = cloze_probe(model, tokenizer, paraphrase_items(build_world()))
+        print(json.dumps({"stored": str(STORAGE_DTYPE), **evaluate(model, tokenizer, held_out, config),
+                          "paraphrase_cloze": {key: probe[key] for key in ("accuracy", "chance", "items")}}))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 
 from minipeft import CheckpointError, GPT, T5Model, bases, world
 from minipeft.objectives import IGNORE_INDEX
-from minipeft.world import DATA_DIR
+from minipeft.world import DATA_DIR, probes
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,58 @@ def test_tiny_gpt_knows_sentiment_words_it_saw_only_in_the_corpus(tiny_gpt):
             similarity = {p: torch.cosine_similarity(vector(word) - middle, seen[p] - middle, dim=0) for p in seen}
             right += max(similarity, key=similarity.get) == polarity
     assert right >= len(world.HELD_OUT.words) - 1
+
+
+@pytest.fixture(scope="module")
+def paraphrase_items():
+    return probes.paraphrase_items(world.build_world(), count=200)
+
+
+def test_paraphrase_items_ask_for_a_true_fact_said_again(paraphrase_items):
+    facts = {r.name: r.mr() for r in world.build_world().restaurants}
+    facts |= {p.name: {"job": p.job, "town": p.town, "hobby": set(map(str, p.hobbies))} for p in world.build_world().people}
+    assert paraphrase_items == probes.paraphrase_items(world.build_world(), count=200)   # seeded
+    assert {item.slot for item in paraphrase_items} == {"food", "area", "priceRange", "customer rating", "eatType",
+                                                        "familyFriendly", "job", "town", "hobby"}
+    for item in paraphrase_items:
+        assert item.text.count(probes.BLANK) == 1 and item.text.startswith(item.prompt)
+        assert item.answer in item.candidates and len(set(item.candidates.values())) == len(item.candidates) > 1
+        subject = next(name for name in facts if name in item.text.split(" In other words,")[0])
+        true = facts[subject][item.slot]
+        assert item.answer in true if item.slot == "hobby" else item.answer == true
+
+
+def test_cloze_probe_scores_each_candidate_as_the_model_reads_it(paraphrase_items):
+    """The batched, padded scores equal each candidate's log-likelihood computed alone with the
+    models' losses (T5: the span as the decoder's target; GPT: the span as the prompt's continuation)."""
+    item = next(i for i in paraphrase_items if len({len(w.split()) for w in i.candidates.values()}) > 1)
+    for name in ("tiny-t5", "tiny-gpt"):
+        model, tokenizer = bases.random_base(name)
+        spans = [tokenizer.encode(words, add_eos=False) for words in item.candidates.values()]
+        batched = bases.candidate_log_probs(model, tokenizer, item, spans)
+        for span, score in zip(spans, batched):
+            if name == "tiny-t5":
+                target = torch.tensor([[tokenizer.sentinel_id(0)] + span])
+                logits = model(input_ids=torch.tensor([tokenizer.encode(item.text)]),
+                               decoder_input_ids=torch.tensor([[0] + target[0, :-1].tolist()]))
+                alone = -torch.nn.functional.cross_entropy(logits[0, 1:], target[0, 1:], reduction="sum")
+            else:
+                prompt = tokenizer.encode(item.prompt, add_eos=False)
+                logits = model(input_ids=torch.tensor([prompt + span]))
+                alone = -torch.nn.functional.cross_entropy(logits[0, len(prompt) - 1:-1], torch.tensor(span),
+                                                           reduction="sum")
+            torch.testing.assert_close(score, alone, atol=1e-4, rtol=1e-5)
+
+
+def test_cloze_probe_tiny_gpt_knows_the_paraphrases_a_random_base_does_not(tiny_gpt, paraphrase_items):
+    """What the GPT base learned from the corpus's "in other words" documents. (tiny-t5 scores
+    near chance here: README, Results, and data/README.md.)"""
+    model, tokenizer = tiny_gpt
+    pretrained = bases.cloze_probe(model, tokenizer, paraphrase_items)
+    untrained = bases.cloze_probe(bases.random_base("tiny-gpt")[0], tokenizer, paraphrase_items)
+    assert pretrained["chance"] == untrained["chance"] < 0.25
+    assert pretrained["accuracy"] > pretrained["chance"] + 0.25
+    assert untrained["accuracy"] < untrained["chance"] + 0.08
 
 
 def test_random_base_has_the_architecture_and_tokenizer_but_not_the_weights(tiny_t5):

@@ -38,6 +38,7 @@ The package, in reading order:
     tasks.py        one example of a task at a time, and what a split may use
     corpus.py       the kinds of corpus documents, and the corpus
     files.py        Sizes, writing data/ atomically, training the tokenizer, the command line
+    probes.py       fill-in-the-blank questions that ask a base what the corpus taught it
 """
 
 from .entities import Event, Person, Restaurant, World, build_world
