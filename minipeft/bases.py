@@ -277,28 +277,26 @@ def cloze_probe(model, tokenizer: T5Tokenizer, items) -> dict:
 
     tiny-t5 reads the text with the blank (``<extra_id_0>``, as in span corruption) and scores
     ``<extra_id_0> words`` as its decoder's output; tiny-gpt scores the words as the continuation
-    of the text before the blank. The score is the sum of the words' token log-probabilities (no
-    length normalisation: the candidates of a slot have similar lengths, and the true one is not
-    favoured either way). Returns the accuracy, the chance level (the mean of 1/#candidates) and
-    both per slot."""
+    of the text before the blank. The score is the sum of the words' token log-probabilities, not
+    normalised by length: a longer candidate pays for each extra token, as it would in generation.
+    Returns the accuracy, the chance level (the mean of 1/#candidates) and the number of items,
+    overall and per slot (``by_slot``)."""
     was_training = model.training
     model.eval()
-    right, chance, by_slot = 0, 0.0, {}
+    answers = []  # (slot, chose the true value, 1/#candidates) per item
     for item in items:
         spans = [tokenizer.encode(words, add_eos=False) for words in item.candidates.values()]
         with torch.no_grad():
             scores = candidate_log_probs(model, tokenizer, item, spans)
         chosen = list(item.candidates)[int(scores.argmax())]
-        slot = by_slot.setdefault(item.slot, {"right": 0, "chance": 0.0, "items": 0})
-        slot["right"] += chosen == item.answer
-        slot["chance"] += 1 / len(item.candidates)
-        slot["items"] += 1
-        right += chosen == item.answer
-        chance += 1 / len(item.candidates)
+        answers.append((item.slot, chosen == item.answer, 1 / len(item.candidates)))
     model.train(was_training)
-    return {"accuracy": right / len(items), "chance": chance / len(items), "items": len(items),
-            "by_slot": {name: {"accuracy": s["right"] / s["items"], "chance": s["chance"] / s["items"],
-                               "items": s["items"]} for name, s in sorted(by_slot.items())}}
+
+    def summary(rows):
+        return {"accuracy": sum(right for _, right, _ in rows) / len(rows),
+                "chance": sum(chance for _, _, chance in rows) / len(rows), "items": len(rows)}
+    slots = sorted({slot for slot, _, _ in answers})
+    return {**summary(answers), "by_slot": {slot: summary([a for a in answers if a[0] == slot]) for slot in slots}}
 
 
 def candidate_log_probs(model, tokenizer: T5Tokenizer, item, spans: list[list[int]]) -> torch.Tensor:
