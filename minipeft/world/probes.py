@@ -46,9 +46,8 @@ class ClozeItem:
         return self.text.split(f" {BLANK}")[0]
 
 
-def paraphrase_item(world: World, rng: random.Random) -> ClozeItem | None:
-    """One paraphrase question about a random restaurant or person (None if its phrasings cannot
-    tell the values apart, e.g. a yes/no slot whose phrasings differ in more than the blank)."""
+def paraphrase_item(world: World, rng: random.Random) -> ClozeItem:
+    """One paraphrase question about a random restaurant or person."""
     if rng.random() < 0.5:
         restaurant = rng.choice(world.restaurants)
         subject, pronoun = restaurant.name, "it"
@@ -68,7 +67,7 @@ def paraphrase_item(world: World, rng: random.Random) -> ClozeItem | None:
         shared += 1
     candidates = {v: " ".join(words[shared:]) for v, words in phrasings.items()}
     if len(set(candidates.values())) < len(candidates) or not all(candidates.values()):
-        return None
+        raise ValueError(f"the phrasings of {slot!r} do not tell its values apart: {candidates}")
     lead = " ".join(phrasings[value][:shared])
     if lead.startswith(subject + "'s"):
         lead = POSSESSIVES[pronoun] + lead[len(subject) + 2:]
@@ -81,9 +80,4 @@ def paraphrase_item(world: World, rng: random.Random) -> ClozeItem | None:
 def paraphrase_items(world: World, count: int = 400, seed: int = 0) -> list[ClozeItem]:
     """``count`` paraphrase questions, the same ones for the same seed."""
     rng = random.Random(f"paraphrase-probe-{seed}")
-    items = []
-    while len(items) < count:
-        item = paraphrase_item(world, rng)
-        if item is not None:
-            items.append(item)
-    return items
+    return [paraphrase_item(world, rng) for _ in range(count)]
