@@ -92,9 +92,10 @@ def paraphrase_items():
 
 
 def test_paraphrase_items_ask_for_a_true_fact_said_again(paraphrase_items):
-    facts = {r.name: r.mr() for r in world.build_world().restaurants}
-    facts |= {p.name: {"job": p.job, "town": p.town, "hobby": set(map(str, p.hobbies))} for p in world.build_world().people}
-    assert paraphrase_items == probes.paraphrase_items(world.build_world(), count=200)   # seeded
+    the_world = world.build_world()
+    facts = {r.name: r.mr() for r in the_world.restaurants}
+    facts |= {p.name: {"job": p.job, "town": p.town, "hobby": set(map(str, p.hobbies))} for p in the_world.people}
+    assert paraphrase_items == probes.paraphrase_items(the_world, count=200)   # seeded
     assert {item.slot for item in paraphrase_items} == {"food", "area", "priceRange", "customer rating", "eatType",
                                                         "familyFriendly", "job", "town", "hobby"}
     for item in paraphrase_items:
