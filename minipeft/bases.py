@@ -4,7 +4,8 @@ PEFT adapts a *frozen* model, so it can only work when that model already knows 
 Nothing can be downloaded here, so the project pretrains its own two small bases on
 ``data/corpus.txt`` (see ``minipeft/world/``) with the objectives of the source documents:
 
-    tiny-t5    encoder-decoder (T5 v1.0 layout), T5's span corruption (F11.4)
+    tiny-t5    encoder-decoder (T5 v1.0 layout), T5's span corruption (F11.4), optionally then
+               LM-adapted with prefix LM (``adapt``), as the T5 checkpoints made for prompt tuning
     tiny-gpt   decoder-only (GPT-2 layout), causal language modelling (F11.1)
 
 Both use ``data/spiece.model`` (T5 conventions: pad 0, eos 1, unk 2, 100 sentinels on top), so
@@ -17,6 +18,7 @@ the GPT pads with id 0 and ends texts with id 1. Each base lives in ``data/bases
 Make them (one time; the results are committed, so users never need to):
 
     python -m minipeft.bases pretrain tiny-t5     # 14 minutes on one core of this 2-core machine
+    python -m minipeft.bases adapt tiny-t5        # then LM adaptation (prefix LM), 8 minutes more
     python -m minipeft.bases pretrain tiny-gpt    # 8 minutes
     python -m minipeft.bases evaluate tiny-t5     # held-out loss and accuracy of the shipped files,
                                                   # and the paraphrase probe (world/probes.py)
@@ -45,7 +47,7 @@ from tqdm import tqdm
 from .convert import CheckpointError
 from .gpt import GPT, GPTConfig
 from .optim import build_optimizer, weight_decay_groups
-from .objectives import IGNORE_INDEX, causal_lm_loss, seq2seq_loss, span_corruption
+from .objectives import IGNORE_INDEX, causal_lm_loss, prefix_lm, seq2seq_loss, span_corruption
 from .t5 import T5Config, T5Model
 from .tokenizers import T5Tokenizer
 from .world import DATA_DIR, EXTRA_IDS, build_world
@@ -79,6 +81,7 @@ class PretrainConfig:
     clip: float = 1.0
     noise_density: float = 0.15  # span corruption (T5 only), T5's settings
     mean_span_length: float = 3.0
+    prefix_lm_share: float = 0.0  # T5 only: the share of examples made by prefix LM instead
     held_out_lines: int = 300    # the corpus's last lines, never trained on, to measure the base
     seed: int = 0
 
@@ -90,6 +93,11 @@ PRETRAINING = {
     "tiny-t5": PretrainConfig(),
     "tiny-gpt": PretrainConfig(steps=3000, batch_size=8, length=128, optimizer="adamw", lr=3e-3),
 }
+
+# LM adaptation (Lester et al., 2021, before prompt tuning T5): the span-corruption T5 goes on
+# training with prefix LM, so that its decoder learns to continue what its encoder read. Span
+# corruption alone asks the decoder only for the few hidden tokens, ~14 per example here.
+ADAPTATION = {"tiny-t5": PretrainConfig(steps=3000, prefix_lm_share=1.0)}
 
 
 def without_dropout(config: T5Config | GPTConfig) -> T5Config | GPTConfig:
@@ -210,11 +218,15 @@ def sentinel_ids(tokenizer: T5Tokenizer) -> list[int]:
 
 def span_corruption_batch(chunks: list[torch.Tensor], tokenizer: T5Tokenizer, config: PretrainConfig,
                           generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """F11.4 on each chunk, ``</s>`` appended: ``input_ids``/``attention_mask`` (B, S), ``labels`` (B, T)
-    padded with ``IGNORE_INDEX``."""
+    """F11.4 on each chunk (or, for a share ``config.prefix_lm_share`` of them, prefix LM), ``</s>``
+    appended: ``input_ids``/``attention_mask`` (B, S), ``labels`` (B, T) padded with ``IGNORE_INDEX``."""
     sentinels = sentinel_ids(tokenizer)
-    pairs = [span_corruption(chunk, sentinels, config.noise_density, config.mean_span_length, generator)
-             for chunk in chunks]
+
+    def noise(chunk):
+        if config.prefix_lm_share > 0 and torch.rand((), generator=generator) < config.prefix_lm_share:
+            return prefix_lm(chunk, generator)
+        return span_corruption(chunk, sentinels, config.noise_density, config.mean_span_length, generator)
+    pairs = [noise(chunk) for chunk in chunks]
     eos = torch.tensor([tokenizer.eos_token_id])
     inputs = [torch.cat([source, eos]) for source, _ in pairs]
     targets = [torch.cat([target, eos]) for _, target in pairs]
@@ -343,12 +355,16 @@ def make_optimizer(model, config: PretrainConfig) -> torch.optim.Optimizer:
 
 
 def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None = None,
-             config: PretrainConfig | None = None, progress: bool = True) -> dict:
+             config: PretrainConfig | None = None, progress: bool = True, start_from: str | Path | None = None) -> dict:
     """Pretrain base ``name`` on ``data_dir/corpus.txt`` and write it to ``out_dir/bases/name``
-    (``out_dir`` defaults to ``data_dir``; ``config`` to ``PRETRAINING[name]``). Returns what it
-    measured (also saved in config.json)."""
+    (``out_dir`` defaults to ``data_dir``; ``config`` to ``PRETRAINING[name]``). With ``start_from``
+    (a directory holding ``bases/name``) training goes on from that base's weights, as LM adaptation
+    does, and the base keeps the record of its earlier training. Returns what it measured (also
+    saved in config.json)."""
     check_name(name)
     config = PRETRAINING[name] if config is None else config
+    if config.prefix_lm_share and name != "tiny-t5":
+        raise ValueError("prefix LM needs an encoder to read the prefix: only tiny-t5 takes prefix_lm_share")
     data_dir = Path(data_dir)
     out_dir = data_dir if out_dir is None else Path(out_dir)
     corpus, tokenizer_path = data_dir / "corpus.txt", data_dir / TOKENIZER_FILE
@@ -364,12 +380,17 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
     # No dropout while pretraining (as T5 v1.1): with one pass over the data there is nothing to
     # overfit, and dropout would slow learning. The saved config keeps it on for fine-tuning.
     model = build_model(without_dropout(tiny_config(name, tokenizer.vocab_size))).train()
+    history = {}
+    if start_from is not None:
+        earlier, _ = load_base(name, start_from)
+        model.load_state_dict(earlier.state_dict())
+        history = {key: value for key, value in base_info(name, start_from).items() if key in TRAINING_RECORDS}
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
-    objective = "span corruption (F11.4)" if name == "tiny-t5" else "causal LM (F11.1)"
+    objective = objective_name(name, config)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"pretraining {name} ({parameters:,} parameters) with {objective} on {len(stream):,} corpus tokens, "
-          f"{config.steps} steps of {config.batch_size} × {config.length} tokens")
+    print(f"{'adapting' if history else 'pretraining'} {name} ({parameters:,} parameters) with {objective} on "
+          f"{len(stream):,} corpus tokens, {config.steps} steps of {config.batch_size} × {config.length} tokens")
     start, recent = time.perf_counter(), []
     bar = tqdm(range(config.steps), desc=f"pretrain {name}", disable=not progress, mininterval=2.0)
     for step in bar:
@@ -384,32 +405,70 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
         recent = (recent + [loss.item()])[-100:]
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
     seconds = time.perf_counter() - start
-    info = {"pretraining": {"objective": objective, **dataclasses.asdict(config), "seconds": round(seconds),
-                            "threads": torch.get_num_threads(), "final_train_loss": round(sum(recent) / len(recent), 4),
-                            "held_out": evaluate(model, tokenizer, held_out_lines, config)}}
+    record = {"objective": objective, **dataclasses.asdict(config), "seconds": round(seconds),
+              "threads": torch.get_num_threads(), "final_train_loss": round(sum(recent) / len(recent), 4),
+              "held_out": evaluate(model, tokenizer, held_out_lines, config)}
+    info = {**history, ("adaptation" if history else "pretraining"): record}
     directory = save_base(name, model, tiny_config(name, tokenizer.vocab_size), tokenizer_path, info, out_dir)
-    print(f"wrote {directory} in {seconds / 60:.1f} min: final train loss {info['pretraining']['final_train_loss']}, "
-          f"held-out {info['pretraining']['held_out']}")
-    return info["pretraining"]
+    print(f"wrote {directory} in {seconds / 60:.1f} min: final train loss {record['final_train_loss']}, "
+          f"held-out {record['held_out']}")
+    return record
+
+
+TRAINING_RECORDS = ("pretraining", "adaptation")
+
+
+def objective_name(name: str, config: PretrainConfig) -> str:
+    if name == "tiny-gpt":
+        return "causal LM (F11.1)"
+    if config.prefix_lm_share >= 1:
+        return "prefix LM (F11.1 through F11.5)"
+    if config.prefix_lm_share > 0:
+        return f"span corruption (F11.4), prefix LM for {config.prefix_lm_share:.0%} of the examples"
+    return "span corruption (F11.4)"
+
+
+def base_info(name: str, data_dir: str | Path = DATA_DIR) -> dict:
+    """The parsed config.json of the stored base ``name``: its architecture and how it was trained."""
+    return json.loads((Path(data_dir) / "bases" / name / CONFIG_FILE).read_text())
+
+
+def adapt(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None = None,
+          config: PretrainConfig | None = None, progress: bool = True, start_from: str | Path | None = None) -> dict:
+    """LM adaptation of the stored span-corruption base ``start_from/bases/name`` (default: in
+    ``data_dir``) with ``ADAPTATION[name]``; refuses a base that has been adapted already."""
+    if name not in ADAPTATION:
+        raise ValueError(f"only {', '.join(ADAPTATION)} is LM-adapted: {name} is already trained to continue text")
+    start_from = data_dir if start_from is None else start_from
+    if "adaptation" in base_info(name, start_from):
+        raise ValueError(f"the {name} in {Path(start_from) / 'bases' / name} is LM-adapted already; "
+                         f"make the span-corruption base again with `{make_command(name)}` before adapting it")
+    return pretrain(name, data_dir, out_dir, ADAPTATION[name] if config is None else config, progress, start_from)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Pretrain or evaluate the tiny bases in data/bases/.")
-    parser.add_argument("command", choices=("pretrain", "evaluate"))
+    parser = argparse.ArgumentParser(description="Pretrain, LM-adapt or evaluate the tiny bases in data/bases/.")
+    parser.add_argument("command", choices=("pretrain", "adapt", "evaluate"))
     parser.add_argument("name", choices=BASE_NAMES)
     parser.add_argument("--data", default=str(DATA_DIR), help="directory with corpus.txt and spiece.model")
     parser.add_argument("--out", help="write bases/NAME here instead of into --data")
+    parser.add_argument("--from", dest="start_from", help="adapt: the directory holding bases/NAME (default --data)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads; 1 by default: on a shared 2-core machine 2 threads ran 7x slower")
-    for field in dataclasses.fields(PretrainConfig):  # --steps, --batch-size, --lr, … override PRETRAINING[name]
+    for field in dataclasses.fields(PretrainConfig):  # --steps, --batch-size, --lr, … override the defaults
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(PretrainConfig)
                  if getattr(args, field.name) is not None}
-    config = dataclasses.replace(PRETRAINING[args.name], **overrides)
+    defaults = ADAPTATION if args.command == "adapt" else PRETRAINING
+    if args.name not in defaults:
+        parser.error(f"only {', '.join(defaults)} is LM-adapted")
+    config = dataclasses.replace(defaults[args.name], **overrides)
     if args.command == "pretrain":
         pretrain(args.name, args.data, args.out, config)
+    elif args.command == "adapt":
+        adapt(args.name, args.data, args.out, config, start_from=args.start_from)
     else:
         model, tokenizer = load_base(args.name, args.out or args.data)
         held_out = Path(args.data, "corpus.txt").read_text(encoding="utf-8").splitlines()[-config.held_out_lines:]

@@ -203,6 +203,44 @@ def test_pretraining_is_deterministic_and_saves_what_it_trained(tmp_path):
     assert not list(first.parent.glob(".*"))  # no temporary directory left behind
 
 
+def test_lm_adaptation_goes_on_from_the_stored_base_and_keeps_its_record(tmp_path):
+    """adapt starts from the stored span-corruption weights (not from scratch), records both
+    stages, and refuses to adapt a base twice."""
+    world.generate(tmp_path / "data", seed=0, sizes=world.Sizes.small())
+    small = dict(steps=2, batch_size=2, length=16, warmup=1, held_out_lines=20)
+    # stage 1 from seed 1, so its weights are far from the seed-0 init that adapting from scratch would use
+    bases.pretrain("tiny-t5", tmp_path / "data", tmp_path / "base",
+                   dataclasses.replace(bases.PRETRAINING["tiny-t5"], **small, seed=1), progress=False)
+    adaptation = dataclasses.replace(bases.ADAPTATION["tiny-t5"], **small)
+    bases.adapt("tiny-t5", tmp_path / "data", tmp_path / "adapted", adaptation, progress=False,
+                start_from=tmp_path / "base")
+    pretrained, _ = bases.load_base("tiny-t5", data_dir=tmp_path / "base")
+    adapted, _ = bases.load_base("tiny-t5", data_dir=tmp_path / "adapted")
+    untrained, _ = bases.random_base("tiny-t5", data_dir=tmp_path / "data")
+    moved = (adapted.shared.weight - pretrained.shared.weight).norm()
+    assert 0 < moved < 0.2 * (untrained.shared.weight - pretrained.shared.weight).norm()  # two small steps from it
+    info = bases.base_info("tiny-t5", tmp_path / "adapted")
+    assert info["pretraining"] == bases.base_info("tiny-t5", tmp_path / "base")["pretraining"]
+    assert info["adaptation"]["objective"].startswith("prefix LM") and info["adaptation"]["steps"] == 2
+    with pytest.raises(ValueError, match="LM-adapted already"):
+        bases.adapt("tiny-t5", tmp_path / "data", tmp_path / "twice", adaptation, progress=False,
+                    start_from=tmp_path / "adapted")
+    with pytest.raises(ValueError, match="only tiny-t5"):
+        bases.adapt("tiny-gpt", tmp_path / "data")
+
+
+def test_prefix_lm_batches_continue_the_chunk(tiny_t5):
+    _, tokenizer = tiny_t5
+    config = dataclasses.replace(bases.PRETRAINING["tiny-t5"], prefix_lm_share=1.0)
+    chunks = [torch.arange(10, 40), torch.arange(100, 110)]
+    batch = bases.span_corruption_batch(chunks, tokenizer, config, torch.Generator().manual_seed(0))
+    for row, chunk in enumerate(chunks):
+        source = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+        target = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert source[-1] == target[-1] == tokenizer.eos_token_id
+        assert torch.equal(torch.cat([source[:-1], target[:-1]]), chunk)  # the encoder reads the start, the decoder the rest
+
+
 def test_span_corruption_batches_pad_inputs_and_ignore_padded_labels(tiny_t5):
     _, tokenizer = tiny_t5
     config = bases.PRETRAINING["tiny-t5"]

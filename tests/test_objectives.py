@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from minipeft.objectives import IGNORE_INDEX, causal_lm_loss, fill_spans, mlm_mask, seq2seq_loss, span_corruption
+from minipeft.objectives import (IGNORE_INDEX, causal_lm_loss, fill_spans, mlm_mask, prefix_lm, seq2seq_loss,
+                                 span_corruption)
 
 SENTINELS = list(range(1099, 999, -1))  # <extra_id_j> = 1099 - j, counted down as in T5
 
@@ -164,3 +165,35 @@ def test_span_corruption_needs_enough_sentinels():
         span_corruption(torch.arange(10, 110), SENTINELS[:2])
     with pytest.raises(ValueError, match="at least 2 tokens"):
         span_corruption(torch.tensor([5]), SENTINELS)
+
+
+# ---- prefix LM (T5's LM adaptation) --------------------------------------------------------------
+
+def test_prefix_lm_splits_the_text_in_two_non_empty_parts_in_order():
+    ids = torch.arange(10, 50)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        inputs, targets = prefix_lm(ids, generator)
+        assert len(inputs) >= 1 and len(targets) >= 1
+        assert torch.equal(torch.cat([inputs, targets]), ids)         # nothing lost, nothing reordered
+
+
+def test_prefix_lm_split_is_uniform_over_every_point():
+    """Every split 1 … T-1 is drawn, each about equally often (within 5 sigma of 1/(T-1))."""
+    length, trials = 11, 5000
+    generator = torch.Generator().manual_seed(1)
+    counts = torch.zeros(length)
+    for _ in range(trials):
+        inputs, _ = prefix_lm(torch.arange(length), generator)
+        counts[len(inputs)] += 1
+    assert counts[0] == 0
+    rate, p = counts[1:] / trials, 1 / (length - 1)
+    assert (rate - p).abs().max().item() < 5 * math.sqrt(p * (1 - p) / trials), rate
+
+
+def test_prefix_lm_is_seeded_and_refuses_a_text_it_cannot_split():
+    first = prefix_lm(torch.arange(30), torch.Generator().manual_seed(4))
+    second = prefix_lm(torch.arange(30), torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        prefix_lm(torch.tensor([5]))

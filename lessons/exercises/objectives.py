@@ -15,6 +15,14 @@
       inputs     Thank you <extra_id_0> me to your party <extra_id_1> week .
       targets    <extra_id_0> for inviting <extra_id_1> last <extra_id_2>
 
+* **Prefix LM** (F11.1 read through F11.5; T5's "prefix language modelling", and the "LM
+  adaptation" that Lester et al. give a span-corruption T5 before prompt tuning it): split a text
+  at a random point; the encoder reads the first part, the decoder continues it token by token.
+
+      original   Thank you for inviting me to your party last week .
+      inputs     Thank you for inviting me
+      targets    to your party last week .
+
 * **Seq2seq loss** (F11.5): the decoder's cross-entropy on its targets, padding ignored.
 
 Symbols → variables: ``x_i`` → ``ids[..., i]``; ``p_θ(x_i | x_<i)`` → ``softmax(logits[..., i - 1, :])``;
@@ -124,6 +132,21 @@ def span_corruption(ids, sentinel_ids, noise_density: float = 0.15, mean_span_le
     inputs, targets, position = [], [], 0
     raise NotImplementedError("exercise: walk gap, span, gap, …: inputs keep each gap then sentinel j; targets get sentinel j then span j; close targets with sentinel k")
     return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+
+
+def prefix_lm(ids, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix LM of one sequence ``ids`` (T,) → ``(inputs, targets)``, 1-D: ``ids[:k]`` and ``ids[k:]``
+    for a split ``k`` drawn uniformly from 1 … T-1 (both parts non-empty).
+
+    The decoder's loss on ``targets`` is F11.1's ``−Σ_{i≥k} log p_θ(x_i | x_<i)``, its first ``k``
+    tokens read by the bidirectional encoder instead of the decoder (F11.5): the decoder learns to
+    *continue* what the encoder read, which is how a text-to-text task asks for its answer. As
+    with :func:`span_corruption`, neither part gets ``</s>``; the caller appends one to each."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    Dims("prefix LM").check("ids", ids, "T")
+    if len(ids) < 2:
+        raise ValueError(f"prefix LM needs at least 2 tokens to split, got {len(ids)}")
+    raise NotImplementedError("exercise: draw the split k uniformly from 1 … T-1; inputs are the tokens before it, targets the rest")
 
 
 def fill_spans(inputs, targets, sentinel_ids) -> torch.Tensor:
