@@ -116,6 +116,18 @@ for name, model in (("pretrained tiny-t5", t5), ("random tiny-t5", random_t5)):
     print(f"{name:20s} span loss {scores['loss']:.2f}, hidden tokens right {scores['accuracy']:.1%}")
 
 # %% [markdown]
+# T5's other objective, **prefix LM**, splits the text once at a random point: the encoder reads
+# the start, the decoder writes the rest, which is how a text-to-text task asks for its answer.
+# `python -m minipeft.bases adapt tiny-t5` trains the span-corruption base on with it ("LM
+# adaptation", as T5 is given before prompt tuning); README, Results, says what that does downstream.
+
+# %%
+inputs, targets = objectives.prefix_lm(ids, generator=torch.Generator().manual_seed(3))
+print("inputs :", tokenizer.decode(inputs))
+print("targets:", tokenizer.decode(targets))
+assert torch.equal(torch.cat([inputs, targets]), ids)
+
+# %% [markdown]
 # ## 4. Why PEFT needs a pretrained base
 #
 # Freeze the encoder, average its outputs over the review's tokens, and train only a linear
