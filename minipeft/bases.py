@@ -380,7 +380,7 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
     # No dropout while pretraining (as T5 v1.1): with one pass over the data there is nothing to
     # overfit, and dropout would slow learning. The saved config keeps it on for fine-tuning.
     model = build_model(without_dropout(tiny_config(name, tokenizer.vocab_size))).train()
-    history = {}
+    history = {}  # the records of the stored base training goes on from
     if start_from is not None:
         earlier, _ = load_base(name, start_from)
         model.load_state_dict(earlier.state_dict())
@@ -389,7 +389,7 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
     optimizer = make_optimizer(model, config)
     objective = objective_name(name, config)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"{'adapting' if history else 'pretraining'} {name} ({parameters:,} parameters) with {objective} on "
+    print(f"{'adapting' if start_from is not None else 'pretraining'} {name} ({parameters:,} parameters) with {objective} on "
           f"{len(stream):,} corpus tokens, {config.steps} steps of {config.batch_size} × {config.length} tokens")
     start, recent = time.perf_counter(), []
     bar = tqdm(range(config.steps), desc=f"pretrain {name}", disable=not progress, mininterval=2.0)
@@ -408,7 +408,7 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
     record = {"objective": objective, **dataclasses.asdict(config), "seconds": round(seconds),
               "threads": torch.get_num_threads(), "final_train_loss": round(sum(recent) / len(recent), 4),
               "held_out": evaluate(model, tokenizer, held_out_lines, config)}
-    info = {**history, ("adaptation" if history else "pretraining"): record}
+    info = {**history, ("adaptation" if start_from is not None else "pretraining"): record}
     directory = save_base(name, model, tiny_config(name, tokenizer.vocab_size), tokenizer_path, info, out_dir)
     print(f"wrote {directory} in {seconds / 60:.1f} min: final train loss {record['final_train_loss']}, "
           f"held-out {record['held_out']}")
@@ -437,13 +437,18 @@ def adapt(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None
           config: PretrainConfig | None = None, progress: bool = True, start_from: str | Path | None = None) -> dict:
     """LM adaptation of the stored span-corruption base ``start_from/bases/name`` (default: in
     ``data_dir``) with ``ADAPTATION[name]``; refuses a base that has been adapted already."""
-    if name not in ADAPTATION:
-        raise ValueError(f"only {', '.join(ADAPTATION)} is LM-adapted: {name} is already trained to continue text")
+    default = adaptation_config(name)
     start_from = data_dir if start_from is None else start_from
     if "adaptation" in base_info(name, start_from):
         raise ValueError(f"the {name} in {Path(start_from) / 'bases' / name} is LM-adapted already; "
                          f"make the span-corruption base again with `{make_command(name)}` before adapting it")
-    return pretrain(name, data_dir, out_dir, ADAPTATION[name] if config is None else config, progress, start_from)
+    return pretrain(name, data_dir, out_dir, default if config is None else config, progress, start_from)
+
+
+def adaptation_config(name: str) -> PretrainConfig:
+    if name not in ADAPTATION:
+        raise ValueError(f"only {', '.join(ADAPTATION)} is LM-adapted: {name} is already trained to continue text")
+    return ADAPTATION[name]
 
 
 def main(argv=None):
@@ -461,10 +466,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(PretrainConfig)
                  if getattr(args, field.name) is not None}
-    defaults = ADAPTATION if args.command == "adapt" else PRETRAINING
-    if args.name not in defaults:
-        parser.error(f"only {', '.join(defaults)} is LM-adapted")
-    config = dataclasses.replace(defaults[args.name], **overrides)
+    try:
+        default = adaptation_config(args.name) if args.command == "adapt" else PRETRAINING[args.name]
+    except ValueError as error:
+        parser.error(str(error))
+    config = dataclasses.replace(default, **overrides)
     if args.command == "pretrain":
         pretrain(args.name, args.data, args.out, config)
     elif args.command == "adapt":
