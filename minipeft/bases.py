@@ -430,7 +430,11 @@ def objective_name(name: str, config: PretrainConfig) -> str:
 
 def base_info(name: str, data_dir: str | Path = DATA_DIR) -> dict:
     """The parsed config.json of the stored base ``name``: its architecture and how it was trained."""
-    return json.loads((Path(data_dir) / "bases" / name / CONFIG_FILE).read_text())
+    path = Path(data_dir) / "bases" / name / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretrained {name} in {path.parent} (missing {CONFIG_FILE}): "
+                                f"make it with `{make_command(name)}`")
+    return json.loads(path.read_text())
 
 
 def adapt(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None = None,

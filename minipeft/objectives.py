@@ -160,7 +160,7 @@ def prefix_lm(ids, generator: torch.Generator | None = None) -> tuple[torch.Tens
         raise ValueError(f"prefix LM needs at least 2 tokens to split, got {len(ids)}")
     # exercise: draw the split k uniformly from 1 … T-1; inputs are the tokens before it, targets the rest
     split = int(torch.randint(1, len(ids), (1,), generator=generator))
-    return ids[:split], ids[split:]
+    return ids[:split], ids[split:]  # (k,) read by the encoder, (T-k,) written by the decoder
     # end exercise
 
 

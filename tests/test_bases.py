@@ -227,6 +227,8 @@ def test_lm_adaptation_goes_on_from_the_stored_base_and_keeps_its_record(tmp_pat
                     start_from=tmp_path / "adapted")
     with pytest.raises(ValueError, match="only tiny-t5"):
         bases.adapt("tiny-gpt", tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="make it with `python -m minipeft.bases pretrain tiny-t5`"):
+        bases.adapt("tiny-t5", tmp_path / "data", start_from=tmp_path / "nowhere")
 
 
 def test_prefix_lm_batches_continue_the_chunk(tiny_t5):
