@@ -134,6 +134,14 @@ with peft.disabled():
     print("base, no prompt:", show(peft.generate(source, max_new_tokens=6)[0]))
 
 # %% [markdown]
+# On the embedded tasks the base matters as much as the method. `python train.py --method prompt`
+# prompt-tunes the span-corruption tiny-t5 on sentiment to 58.8 % test accuracy; the same command
+# with `--model tiny-t5-lm`, tiny-t5 after 3,000 steps of prefix LM ("LM adaptation", which
+# Lester et al. give T5 before prompt tuning it, lesson 4), reaches 87.5 % (seed 0; full
+# fine-tuning 82.2 and 94.5 %). A decoder that was only ever asked to fill in hidden spans does
+# not readily answer after a prompt; one trained to continue what its encoder read does.
+
+# %% [markdown]
 # ## 4. Exercise
 #
 # `lessons/exercises/methods.prompt.py` is `prompt.py` with F2.1 taken out. Write it, then:

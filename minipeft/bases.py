@@ -4,9 +4,11 @@ PEFT adapts a *frozen* model, so it can only work when that model already knows 
 Nothing can be downloaded here, so the project pretrains its own two small bases on
 ``data/corpus.txt`` (see ``minipeft/world/``) with the objectives of the source documents:
 
-    tiny-t5    encoder-decoder (T5 v1.0 layout), T5's span corruption (F11.4), optionally then
-               LM-adapted with prefix LM (``adapt``), as the T5 checkpoints made for prompt tuning
-    tiny-gpt   decoder-only (GPT-2 layout), causal language modelling (F11.1)
+    tiny-t5     encoder-decoder (T5 v1.0 layout), T5's span corruption (F11.4)
+    tiny-t5-lm  tiny-t5 trained on with prefix LM (``adapt``): "LM adaptation", as the T5
+                checkpoints Lester et al. made for prompt tuning; its decoder continues what its
+                encoder read, where tiny-t5's fills in hidden spans
+    tiny-gpt    decoder-only (GPT-2 layout), causal language modelling (F11.1)
 
 Both use ``data/spiece.model`` (T5 conventions: pad 0, eos 1, unk 2, 100 sentinels on top), so
 the GPT pads with id 0 and ends texts with id 1. Each base lives in ``data/bases/<name>/``:
@@ -18,7 +20,7 @@ the GPT pads with id 0 and ends texts with id 1. Each base lives in ``data/bases
 Make them (one time; the results are committed, so users never need to):
 
     python -m minipeft.bases pretrain tiny-t5     # 14 minutes on one core of this 2-core machine
-    python -m minipeft.bases adapt tiny-t5        # then LM adaptation (prefix LM), 8 minutes more
+    python -m minipeft.bases adapt tiny-t5-lm     # from the stored tiny-t5, 8 minutes more
     python -m minipeft.bases pretrain tiny-gpt    # 8 minutes
     python -m minipeft.bases evaluate tiny-t5     # held-out loss and accuracy of the shipped files,
                                                   # and the paraphrase probe (world/probes.py)
@@ -53,15 +55,23 @@ from .tokenizers import T5Tokenizer
 from .world import DATA_DIR, EXTRA_IDS, build_world
 from .world.probes import paraphrase_items
 
-BASE_NAMES = ("tiny-t5", "tiny-gpt")
+BASE_NAMES = ("tiny-t5", "tiny-gpt", "tiny-t5-lm")
+# A base made by training a stored one on (LM adaptation) → the base it starts from, whose
+# architecture it keeps.
+ADAPTED_FROM = {"tiny-t5-lm": "tiny-t5"}
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "spiece.model"
 STORAGE_DTYPE = torch.float16
 
 
+def architecture(name: str) -> str:
+    """The base whose architecture ``name`` has: itself, or the base it was adapted from."""
+    check_name(name)
+    return ADAPTED_FROM.get(name, name)
+
+
 def tiny_config(name: str, vocab_size: int) -> T5Config | GPTConfig:
     """The architecture of each base: 4 layers (each side), width 128, 4 heads."""
-    check_name(name)
-    if name == "tiny-t5":
+    if architecture(name) == "tiny-t5":
         return T5Config(vocab_size=vocab_size, d_model=128, d_kv=32, d_ff=256, num_layers=4, num_decoder_layers=4,
                         num_heads=4, dropout_rate=0.1, feed_forward_proj="relu")
     return GPTConfig(vocab_size=vocab_size, n_positions=256, n_embd=128, n_layer=4, n_head=4, dropout=0.1,
@@ -97,7 +107,13 @@ PRETRAINING = {
 # LM adaptation (Lester et al., 2021, before prompt tuning T5): the span-corruption T5 goes on
 # training with prefix LM, so that its decoder learns to continue what its encoder read. Span
 # corruption alone asks the decoder only for the few hidden tokens, ~14 per example here.
-ADAPTATION = {"tiny-t5": PretrainConfig(steps=3000, prefix_lm_share=1.0)}
+ADAPTATION = {"tiny-t5-lm": PretrainConfig(steps=3000, prefix_lm_share=1.0)}
+
+
+def training_config(name: str) -> PretrainConfig:
+    """How base ``name`` was trained last: its pretraining, or for an adapted base its adaptation."""
+    check_name(name)
+    return ADAPTATION[name] if name in ADAPTED_FROM else PRETRAINING[name]
 
 
 def without_dropout(config: T5Config | GPTConfig) -> T5Config | GPTConfig:
@@ -115,7 +131,7 @@ def build_model(config: T5Config | GPTConfig) -> T5Model | GPT:
 
 
 def make_command(name: str) -> str:
-    return f"python -m minipeft.bases pretrain {name}"
+    return f"python -m minipeft.bases {'adapt' if name in ADAPTED_FROM else 'pretrain'} {name}"
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -283,23 +299,26 @@ def evaluate(model, tokenizer: T5Tokenizer, lines: list[str], config: PretrainCo
     return {"loss": sum(losses) / len(losses), "accuracy": correct / counted, "tokens": counted}
 
 
-def cloze_probe(model, tokenizer: T5Tokenizer, items) -> dict:
+def cloze_probe(model, tokenizer: T5Tokenizer, items, continuation: bool | None = None) -> dict:
     """Ask ``model`` the fill-in-the-blank questions ``items`` (``world.probes.ClozeItem``): multiple
     choice by likelihood, the candidate whose words the model finds most probable in the blank.
 
     tiny-t5 reads the text with the blank (``<extra_id_0>``, as in span corruption) and scores
     ``<extra_id_0> words`` as its decoder's output; tiny-gpt scores the words as the continuation
-    of the text before the blank. The score is the sum of the words' token log-probabilities, not
+    of the text before the blank, and so does a T5 with ``continuation=True`` (tiny-t5-lm, which
+    was trained to continue: its encoder reads the text before the blank, its decoder writes the
+    words; the default is True for a GPT, False for a T5). The score is the sum of the words' token log-probabilities, not
     normalised by length: a longer candidate pays for each extra token, as it would in generation.
     Returns the accuracy, the chance level (the mean of 1/#candidates) and the number of items,
     overall and per slot (``by_slot``)."""
     was_training = model.training
     model.eval()
     answers = []  # (slot, chose the true value, 1/#candidates) per item
+    continuation = not isinstance(model, T5Model) if continuation is None else continuation
     for item in items:
         spans = [tokenizer.encode(words, add_eos=False) for words in item.candidates.values()]
         with torch.no_grad():
-            scores = candidate_log_probs(model, tokenizer, item, spans)
+            scores = candidate_log_probs(model, tokenizer, item, spans, continuation)
         chosen = list(item.candidates)[int(scores.argmax())]
         answers.append((item.slot, chosen == item.answer, 1 / len(item.candidates)))
     model.train(was_training)
@@ -311,12 +330,20 @@ def cloze_probe(model, tokenizer: T5Tokenizer, items) -> dict:
     return {**summary(answers), "by_slot": {slot: summary([a for a in answers if a[0] == slot]) for slot in slots}}
 
 
-def candidate_log_probs(model, tokenizer: T5Tokenizer, item, spans: list[list[int]]) -> torch.Tensor:
+def candidate_log_probs(model, tokenizer: T5Tokenizer, item, spans: list[list[int]],
+                        continuation: bool = False) -> torch.Tensor:
     """(N,) summed log-probability of each candidate's tokens ``spans[n]`` in ``item``'s blank,
     all N candidates in one batch (padded with id 0 after their end, which a causal decoder never
-    reads back)."""
+    reads back). ``continuation``: a T5 scores the words as what follows the text before the blank."""
     longest = max(len(span) for span in spans)
-    if isinstance(model, T5Model):
+    if isinstance(model, T5Model) and continuation:
+        # prefix LM: the encoder reads the text before the blank; decoder <pad> span … → predicts span …
+        source = torch.tensor([tokenizer.encode(item.prompt)]).expand(len(spans), -1)
+        decoder_input = torch.tensor([[tokenizer.pad_token_id] + span[:-1] + [0] * (longest - len(span))
+                                      for span in spans])                                  # (N, longest)
+        log_probs = model(input_ids=source, decoder_input_ids=decoder_input).log_softmax(-1)
+        start = 0
+    elif isinstance(model, T5Model):
         # decoder: <pad> <extra_id_0> span … → predicts <extra_id_0> span …; the span starts at position 1
         source = torch.tensor([tokenizer.encode(item.text)]).expand(len(spans), -1)
         decoder_input = torch.tensor([[tokenizer.pad_token_id, tokenizer.sentinel_id(0)] + span[:-1]
@@ -357,14 +384,16 @@ def make_optimizer(model, config: PretrainConfig) -> torch.optim.Optimizer:
 def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None = None,
              config: PretrainConfig | None = None, progress: bool = True, start_from: str | Path | None = None) -> dict:
     """Pretrain base ``name`` on ``data_dir/corpus.txt`` and write it to ``out_dir/bases/name``
-    (``out_dir`` defaults to ``data_dir``; ``config`` to ``PRETRAINING[name]``). With ``start_from``
-    (a directory holding ``bases/name``) training goes on from that base's weights, as LM adaptation
-    does, and the base keeps the record of its earlier training. Returns what it measured (also
-    saved in config.json)."""
-    check_name(name)
-    config = PRETRAINING[name] if config is None else config
-    if config.prefix_lm_share and name != "tiny-t5":
-        raise ValueError("prefix LM needs an encoder to read the prefix: only tiny-t5 takes prefix_lm_share")
+    (``out_dir`` defaults to ``data_dir``; ``config`` to ``training_config(name)``). With
+    ``start_from`` (a directory holding ``bases/<source>``, the source being ``ADAPTED_FROM[name]``
+    or else ``name`` itself) training goes on from that base's weights, as LM adaptation does, and
+    the base keeps the record of its earlier training. Returns what it measured (also saved in
+    config.json)."""
+    config = training_config(name) if config is None else config
+    if name in ADAPTED_FROM and start_from is None:
+        raise ValueError(f"{name} is {ADAPTED_FROM[name]} trained on: make it with `{make_command(name)}`")
+    if config.prefix_lm_share and not isinstance(tiny_config(name, 1), T5Config):
+        raise ValueError("prefix LM needs an encoder to read the prefix: only the T5 bases take prefix_lm_share")
     data_dir = Path(data_dir)
     out_dir = data_dir if out_dir is None else Path(out_dir)
     corpus, tokenizer_path = data_dir / "corpus.txt", data_dir / TOKENIZER_FILE
@@ -382,9 +411,10 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
     model = build_model(without_dropout(tiny_config(name, tokenizer.vocab_size))).train()
     history = {}  # the records of the stored base training goes on from
     if start_from is not None:
-        earlier, _ = load_base(name, start_from)
+        source = ADAPTED_FROM.get(name, name)
+        earlier, _ = load_base(source, start_from)
         model.load_state_dict(earlier.state_dict())
-        history = {key: value for key, value in base_info(name, start_from).items() if key in TRAINING_RECORDS}
+        history = {key: value for key, value in base_info(source, start_from).items() if key in TRAINING_RECORDS}
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     objective = objective_name(name, config)
@@ -419,7 +449,7 @@ TRAINING_RECORDS = ("pretraining", "adaptation")
 
 
 def objective_name(name: str, config: PretrainConfig) -> str:
-    if name == "tiny-gpt":
+    if architecture(name) == "tiny-gpt":
         return "causal LM (F11.1)"
     if config.prefix_lm_share >= 1:
         return "prefix LM (F11.1 through F11.5)"
@@ -439,19 +469,23 @@ def base_info(name: str, data_dir: str | Path = DATA_DIR) -> dict:
 
 def adapt(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None = None,
           config: PretrainConfig | None = None, progress: bool = True, start_from: str | Path | None = None) -> dict:
-    """LM adaptation of the stored span-corruption base ``start_from/bases/name`` (default: in
-    ``data_dir``) with ``ADAPTATION[name]``; refuses a base that has been adapted already."""
+    """Make the LM-adapted base ``name`` (``tiny-t5-lm``): the stored span-corruption base it comes
+    from, ``start_from/bases/<ADAPTED_FROM[name]>`` (default: in ``data_dir``), trained on with
+    ``ADAPTATION[name]`` and written to ``out_dir/bases/name``. Refuses a source adapted already."""
     default = adaptation_config(name)
     start_from = data_dir if start_from is None else start_from
-    if "adaptation" in base_info(name, start_from):
-        raise ValueError(f"the {name} in {Path(start_from) / 'bases' / name} is LM-adapted already; "
-                         f"make the span-corruption base again with `{make_command(name)}` before adapting it")
+    source = ADAPTED_FROM[name]
+    if "adaptation" in base_info(source, start_from):
+        raise ValueError(f"the {source} in {Path(start_from) / 'bases' / source} is LM-adapted already; "
+                         f"make the span-corruption base again with `{make_command(source)}` before adapting it")
     return pretrain(name, data_dir, out_dir, default if config is None else config, progress, start_from)
 
 
 def adaptation_config(name: str) -> PretrainConfig:
     if name not in ADAPTATION:
-        raise ValueError(f"only {', '.join(ADAPTATION)} is LM-adapted: {name} is already trained to continue text")
+        made = ", ".join(f"{adapted} (from {source})" for adapted, source in ADAPTED_FROM.items())
+        raise ValueError(f"{name} is not made by LM adaptation; the adapted base is {made}: "
+                         f"`{make_command(next(iter(ADAPTED_FROM)))}`")
     return ADAPTATION[name]
 
 
@@ -461,7 +495,8 @@ def main(argv=None):
     parser.add_argument("name", choices=BASE_NAMES)
     parser.add_argument("--data", default=str(DATA_DIR), help="directory with corpus.txt and spiece.model")
     parser.add_argument("--out", help="write bases/NAME here instead of into --data")
-    parser.add_argument("--from", dest="start_from", help="adapt: the directory holding bases/NAME (default --data)")
+    parser.add_argument("--from", dest="start_from",
+                        help="adapt: the directory holding the base adapted, bases/tiny-t5 (default --data)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads; 1 by default: on a shared 2-core machine 2 threads ran 7x slower")
     for field in dataclasses.fields(PretrainConfig):  # --steps, --batch-size, --lr, … override the defaults
@@ -471,7 +506,12 @@ def main(argv=None):
     overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(PretrainConfig)
                  if getattr(args, field.name) is not None}
     try:
-        default = adaptation_config(args.name) if args.command == "adapt" else PRETRAINING[args.name]
+        if args.command == "adapt":
+            default = adaptation_config(args.name)
+        elif args.command == "pretrain" and args.name in ADAPTED_FROM:
+            raise ValueError(f"{args.name} is {ADAPTED_FROM[args.name]} trained on: `{make_command(args.name)}`")
+        else:
+            default = training_config(args.name)
     except ValueError as error:
         parser.error(str(error))
     config = dataclasses.replace(default, **overrides)
@@ -482,7 +522,8 @@ def main(argv=None):
     else:
         model, tokenizer = load_base(args.name, args.out or args.data)
         held_out = Path(args.data, "corpus.txt").read_text(encoding="utf-8").splitlines()[-config.held_out_lines:]
-        probe = cloze_probe(model, tokenizer, paraphrase_items(build_world()))
+        probe = cloze_probe(model, tokenizer, paraphrase_items(build_world()), continuation=(
+            not isinstance(model, T5Model) or config.prefix_lm_share >= 1))
         print(json.dumps({"stored": str(STORAGE_DTYPE), **evaluate(model, tokenizer, held_out, config),
                           "paraphrase_cloze": {key: probe[key] for key in ("accuracy", "chance", "items")}}))
 

@@ -143,14 +143,15 @@ def trained_with_today_s_defaults(config: TrainConfig) -> bool:
 
 # Options a method needs on a base, in every grid: T5 has no biases, so BitFit trains its norm
 # scales (F10.3's documented alternative) instead of stopping with an error.
-BASE_OPTIONS = {("tiny-t5", "bitfit"): {"bitfit_fallback": "layer_norm"}}
+BASE_OPTIONS = {(t5, "bitfit"): {"bitfit_fallback": "layer_norm"} for t5 in ("tiny-t5", "tiny-t5-lm")}
 
 
 def readme_grid(tasks: list[str]) -> list[tuple[str, bool, str, str]]:
-    """The README's tables: every method × task on tiny-t5, every method on tiny-gpt's sentiment,
-    and the full / probe baselines on an untrained tiny-t5 for every task."""
+    """The README's tables: every method × task on tiny-t5, every method on the sentiment task of
+    tiny-gpt and of the LM-adapted tiny-t5-lm, and the full / probe baselines on an untrained
+    tiny-t5 for every task."""
     grid = [("tiny-t5", False, task, method) for task in tasks for method in method_names()]
-    grid += [("tiny-gpt", False, "sentiment", method) for method in method_names()]
+    grid += [(base, False, "sentiment", method) for base in ("tiny-gpt", "tiny-t5-lm") for method in method_names()]
     grid += [("tiny-t5", True, task, method) for task in tasks for method in ("full", "probe")]
     return grid
 
@@ -185,14 +186,14 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--readme", action="store_true",
-                        help="the README's grid: every method × task on tiny-t5, every method on tiny-gpt's "
-                             "sentiment, full and probe on an untrained tiny-t5 (of those, only --methods; "
-                             "ignores --models)")
+                        help="the README's grid: every method × task on tiny-t5, every method on the "
+                             "sentiment of tiny-gpt and tiny-t5-lm, full and probe on an untrained tiny-t5 "
+                             "(of those, only --methods; ignores --models)")
     parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names(), metavar="METHOD",
                         help=f"(default: all: {', '.join(method_names())})")
     parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="(default: every task in data/tasks)")
     parser.add_argument("--models", nargs="+", default=["tiny-t5"], choices=TINY_BASES + HF_BASES, metavar="MODEL",
-                        help="tiny-t5 and/or tiny-gpt (default tiny-t5); t5 or gpt2 with --weights")
+                        help="tiny-t5, tiny-gpt and/or tiny-t5-lm (default tiny-t5); t5 or gpt2 with --weights")
     parser.add_argument("--weights", metavar="DIR", help="the Hugging Face checkpoint directory for t5 / gpt2")
     parser.add_argument("--random-base", action="store_true", help="also run each on an untrained base")
     parser.add_argument("--steps", type=int, help=f"(default: train.py's, {default_steps_text()})")

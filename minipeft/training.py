@@ -56,7 +56,7 @@ from .optim import Precision, build_optimizer, build_schedule
 from .taskdata import Batcher, DataError, load_task, load_user_data, references_by_input
 from .tokenizers import GPT2Tokenizer, T5Tokenizer
 
-TINY_BASES = ("tiny-t5", "tiny-gpt")
+TINY_BASES = bases.BASE_NAMES  # tiny-t5, tiny-gpt, tiny-t5-lm: data/bases/
 HF_BASES = ("t5", "gpt2")
 PEFT_FILE, STATE_FILE, METRICS_FILE, EVAL_FILE = "peft.safetensors", "state.pt", "metrics.json", "eval.json"
 
@@ -106,7 +106,7 @@ class TrainingError(Exception):
 class TrainConfig:
     method: str = "lora"
     options: dict = field(default_factory=dict)   # method options, e.g. {"r": 8}
-    model: str = "tiny-t5"                        # tiny-t5, tiny-gpt, t5 or gpt2 (with weights)
+    model: str = "tiny-t5"                        # tiny-t5, tiny-gpt, tiny-t5-lm, t5 or gpt2 (with weights)
     weights: str | None = None                    # Hugging Face checkpoint directory for t5 / gpt2
     random_base: bool = False                     # same architecture, untrained weights
     task: str = "sentiment"

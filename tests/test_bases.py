@@ -29,7 +29,7 @@ def tiny_gpt():
     return bases.load_base("tiny-gpt")
 
 
-@pytest.mark.parametrize("name, model_class", [("tiny-t5", T5Model), ("tiny-gpt", GPT)])
+@pytest.mark.parametrize("name, model_class", [("tiny-t5", T5Model), ("tiny-gpt", GPT), ("tiny-t5-lm", T5Model)])
 def test_shipped_base_loads_with_its_tokenizer(name, model_class):
     model, tokenizer = bases.load_base(name)
     assert isinstance(model, model_class) and not model.training
@@ -38,6 +38,16 @@ def test_shipped_base_loads_with_its_tokenizer(name, model_class):
     assert (bases.DATA_DIR / "bases" / name / "spiece.model").read_bytes() == (DATA_DIR / "spiece.model").read_bytes()
     info = json.loads((DATA_DIR / "bases" / name / "config.json").read_text())
     assert info["pretraining"]["steps"] > 0 and info["storage_dtype"] == "float16"
+
+
+def test_shipped_tiny_t5_lm_is_the_shipped_tiny_t5_adapted():
+    """Its record says it went on from the shipped tiny-t5 (the same pretraining record) with
+    ``ADAPTATION``'s prefix LM."""
+    lm, t5 = (json.loads((DATA_DIR / "bases" / name / "config.json").read_text()) for name in ("tiny-t5-lm", "tiny-t5"))
+    assert lm["pretraining"] == t5["pretraining"] and "adaptation" not in t5
+    expected = dataclasses.asdict(bases.ADAPTATION["tiny-t5-lm"])
+    assert {key: lm["adaptation"][key] for key in expected} == expected
+    assert lm["adaptation"]["objective"] == "prefix LM (F11.1 through F11.5)"
 
 
 def test_gpt_base_uses_the_t5_tokenizer_ids(tiny_gpt):
@@ -56,6 +66,18 @@ def test_tiny_t5_fills_hidden_spans_of_unseen_lines(tiny_t5, held_out_lines):
     assert pretrained["accuracy"] > most_frequent_share + 0.3
     assert untrained["accuracy"] < most_frequent_share + 0.05
     assert pretrained["loss"] < untrained["loss"] / 2
+
+
+def test_tiny_t5_lm_continues_unseen_lines_where_tiny_t5_does_not(tiny_t5, held_out_lines):
+    """Prefix LM on held-out lines (the encoder reads the start, the decoder writes the rest,
+    teacher-forced): LM adaptation taught the decoder to continue; span corruption did not."""
+    continuation = bases.ADAPTATION["tiny-t5-lm"]
+    model, tokenizer = bases.load_base("tiny-t5-lm")
+    adapted = bases.evaluate(model, tokenizer, held_out_lines, continuation)
+    span_only = bases.evaluate(tiny_t5[0], tokenizer, held_out_lines, continuation)
+    untrained = bases.evaluate(bases.random_base("tiny-t5")[0], tokenizer, held_out_lines, continuation)
+    assert adapted["accuracy"] > 0.6 and adapted["accuracy"] > span_only["accuracy"] + 0.2
+    assert untrained["accuracy"] < 0.1 and adapted["loss"] < span_only["loss"] / 2
 
 
 def test_tiny_gpt_predicts_the_next_token_of_unseen_lines(tiny_gpt, held_out_lines):
@@ -110,16 +132,20 @@ def test_cloze_probe_scores_each_candidate_as_the_model_reads_it(paraphrase_item
     """The batched, padded scores equal each candidate's log-likelihood computed alone with the
     models' losses (T5: the span as the decoder's target; GPT: the span as the prompt's continuation)."""
     item = next(i for i in paraphrase_items if len({len(w.split()) for w in i.candidates.values()}) > 1)
-    for name in ("tiny-t5", "tiny-gpt"):
+    for name, continuation in (("tiny-t5", False), ("tiny-t5", True), ("tiny-gpt", True)):
         model, tokenizer = bases.random_base(name)
         spans = [tokenizer.encode(words, add_eos=False) for words in item.candidates.values()]
-        batched = bases.candidate_log_probs(model, tokenizer, item, spans)
+        batched = bases.candidate_log_probs(model, tokenizer, item, spans, continuation)
         for span, score in zip(spans, batched):
-            if name == "tiny-t5":
+            if name == "tiny-t5" and not continuation:
                 target = torch.tensor([[tokenizer.sentinel_id(0)] + span])
                 logits = model(input_ids=torch.tensor([tokenizer.encode(item.text)]),
                                decoder_input_ids=torch.tensor([[0] + target[0, :-1].tolist()]))
                 alone = -torch.nn.functional.cross_entropy(logits[0, 1:], target[0, 1:], reduction="sum")
+            elif name == "tiny-t5":   # prefix LM: the text before the blank in the encoder, the span as its continuation
+                logits = model(input_ids=torch.tensor([tokenizer.encode(item.prompt)]),
+                               decoder_input_ids=torch.tensor([[0] + span[:-1]]))
+                alone = -torch.nn.functional.cross_entropy(logits[0], torch.tensor(span), reduction="sum")
             else:
                 prompt = tokenizer.encode(item.prompt, add_eos=False)
                 logits = model(input_ids=torch.tensor([prompt + span]))
@@ -204,31 +230,38 @@ def test_pretraining_is_deterministic_and_saves_what_it_trained(tmp_path):
 
 
 def test_lm_adaptation_goes_on_from_the_stored_base_and_keeps_its_record(tmp_path):
-    """adapt starts from the stored span-corruption weights (not from scratch), records both
-    stages, and refuses to adapt a base twice."""
+    """adapt makes tiny-t5-lm from the stored span-corruption tiny-t5 (not from scratch), records
+    both stages, and refuses a source that was adapted already, and every other base."""
     world.generate(tmp_path / "data", seed=0, sizes=world.Sizes.small())
     small = dict(steps=2, batch_size=2, length=16, warmup=1, held_out_lines=20)
     # stage 1 from seed 1, so its weights are far from the seed-0 init that adapting from scratch would use
     bases.pretrain("tiny-t5", tmp_path / "data", tmp_path / "base",
                    dataclasses.replace(bases.PRETRAINING["tiny-t5"], **small, seed=1), progress=False)
-    adaptation = dataclasses.replace(bases.ADAPTATION["tiny-t5"], **small)
-    bases.adapt("tiny-t5", tmp_path / "data", tmp_path / "adapted", adaptation, progress=False,
+    adaptation = dataclasses.replace(bases.ADAPTATION["tiny-t5-lm"], **small)
+    bases.adapt("tiny-t5-lm", tmp_path / "data", tmp_path / "adapted", adaptation, progress=False,
                 start_from=tmp_path / "base")
+    assert not (tmp_path / "adapted" / "bases" / "tiny-t5").exists()  # the source is not overwritten
     pretrained, _ = bases.load_base("tiny-t5", data_dir=tmp_path / "base")
-    adapted, _ = bases.load_base("tiny-t5", data_dir=tmp_path / "adapted")
+    adapted, _ = bases.load_base("tiny-t5-lm", data_dir=tmp_path / "adapted")
     untrained, _ = bases.random_base("tiny-t5", data_dir=tmp_path / "data")
     moved = (adapted.shared.weight - pretrained.shared.weight).norm()
     assert 0 < moved < 0.2 * (untrained.shared.weight - pretrained.shared.weight).norm()  # two small steps from it
-    info = bases.base_info("tiny-t5", tmp_path / "adapted")
+    info = bases.base_info("tiny-t5-lm", tmp_path / "adapted")
+    assert info["name"] == "tiny-t5-lm" and info["architecture"] == "T5Model"
     assert info["pretraining"] == bases.base_info("tiny-t5", tmp_path / "base")["pretraining"]
     assert info["adaptation"]["objective"].startswith("prefix LM") and info["adaptation"]["steps"] == 2
+    # a tiny-t5 that is an adapted base (as an earlier `adapt` wrote it) is not adapted again
+    shutil.copytree(tmp_path / "adapted" / "bases" / "tiny-t5-lm", tmp_path / "twice" / "bases" / "tiny-t5")
     with pytest.raises(ValueError, match="LM-adapted already"):
-        bases.adapt("tiny-t5", tmp_path / "data", tmp_path / "twice", adaptation, progress=False,
-                    start_from=tmp_path / "adapted")
-    with pytest.raises(ValueError, match="only tiny-t5"):
-        bases.adapt("tiny-gpt", tmp_path / "data")
+        bases.adapt("tiny-t5-lm", tmp_path / "data", tmp_path / "out", adaptation, progress=False,
+                    start_from=tmp_path / "twice")
+    for name in ("tiny-gpt", "tiny-t5"):
+        with pytest.raises(ValueError, match="the adapted base is tiny-t5-lm"):
+            bases.adapt(name, tmp_path / "data")
+    with pytest.raises(ValueError, match="make it with `python -m minipeft.bases adapt tiny-t5-lm`"):
+        bases.pretrain("tiny-t5-lm", tmp_path / "data", tmp_path / "out", adaptation, progress=False)
     with pytest.raises(FileNotFoundError, match="make it with `python -m minipeft.bases pretrain tiny-t5`"):
-        bases.adapt("tiny-t5", tmp_path / "data", start_from=tmp_path / "nowhere")
+        bases.adapt("tiny-t5-lm", tmp_path / "data", start_from=tmp_path / "nowhere")
 
 
 def test_prefix_lm_batches_continue_the_chunk(tiny_t5):

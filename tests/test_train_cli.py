@@ -153,7 +153,8 @@ def test_option_needs_key_equals_value():
         script.parse_option("r8")
 
 
-@pytest.mark.parametrize("model, task_name", [("tiny-t5", "e2e"), ("tiny-gpt", "sentiment")])
+@pytest.mark.parametrize("model, task_name", [("tiny-t5", "e2e"), ("tiny-gpt", "sentiment"),
+                                             ("tiny-t5-lm", "sentiment")])
 def test_the_shipped_tiny_bases_train_on_the_embedded_tasks(model, task_name, tmp_path, capsys):
     """What the README's first command does, shortened: a shipped base, a shipped task, the files."""
     code, out, err = train_here(capsys, "--method", "lora", "--model", model, "--task", task_name, "--steps", 3,
