@@ -33,12 +33,24 @@ from .screening import greedy_tokens, screen_for
 
 
 class GenerationMixin:
-    @torch.no_grad()
     def generate(self, input_ids=None, max_new_tokens: int = 20, attention_mask=None, *, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, num_beams: int = 1, length_penalty: float = 1.0,
                  inputs_embeds=None, prefix_kv=None, generator: torch.Generator | None = None):
         """New token ids (B, ≤ max_new_tokens): greedy by default, sampled with ``do_sample``,
-        beam search with ``num_beams > 1``."""
+        beam search with ``num_beams > 1``.
+
+        Decoding runs under ``torch.inference_mode()``, not just ``no_grad``: its tensors carry no
+        version counters or view records for autograd, which makes each of a step's few hundred
+        small operations cheaper (generate 1.04x faster, t5-small shape, B=8, 2026-12-02). The ids
+        are returned as an ordinary tensor (a copy, outside inference mode), so they can be used
+        in training later."""
+        with torch.inference_mode():
+            new_tokens = self._generate(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k,
+                                        num_beams, length_penalty, inputs_embeds, prefix_kv, generator)
+        return new_tokens.clone()
+
+    def _generate(self, input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, num_beams,
+                  length_penalty, inputs_embeds, prefix_kv, generator):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if input_ids is None and inputs_embeds is None:

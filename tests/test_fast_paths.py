@@ -48,6 +48,19 @@ def test_generation_is_the_same_with_and_without_packing(index, num_beams, monke
     assert torch.equal(model.generate(ids, max_new_tokens=6, num_beams=num_beams), packed_ids)
 
 
+@pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
+def test_generated_ids_are_an_ordinary_tensor_that_training_can_use(index):
+    """generate decodes under inference_mode, but what it returns can go into a training step
+    (an inference tensor could not be saved for backward by the embedding lookup)."""
+    model = tiny_models()[index].train()
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    new_ids = model.generate(ids, max_new_tokens=4)
+    assert not new_ids.is_inference() and not torch.is_inference_mode_enabled()
+    inputs = dict(input_ids=ids, decoder_input_ids=new_ids) if index == 0 else dict(input_ids=new_ids)
+    model(**inputs).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() == 2)
+
+
 @needs_onednn
 def test_packing_happens_inside_generate_only():
     model = tiny_models()[0]

@@ -108,11 +108,14 @@ class RelativePositionBias(nn.Module):
     def buckets(self, query_length: int, key_length: int, offset: int, device):
         key = (query_length, key_length, offset, str(device))
         if key not in self._bucket_cache:
-            query_pos = torch.arange(offset, offset + query_length, device=device)[:, None]
-            key_pos = torch.arange(key_length, device=device)[None, :]
-            self._bucket_cache[key] = relative_position_bucket(
-                key_pos - query_pos, self.bidirectional, self.num_buckets, self.max_distance
-            )
+            # an ordinary tensor even when first asked for inside generate's inference_mode, so that
+            # training can use it later (autograd refuses inference tensors)
+            with torch.inference_mode(False):
+                query_pos = torch.arange(offset, offset + query_length, device=device)[:, None]
+                key_pos = torch.arange(key_length, device=device)[None, :]
+                self._bucket_cache[key] = relative_position_bucket(
+                    key_pos - query_pos, self.bidirectional, self.num_buckets, self.max_distance
+                )
         return self._bucket_cache[key]
 
     def forward(self, query_length: int, key_length: int, offset: int = 0):
