@@ -305,10 +305,11 @@ def cloze_probe(model, tokenizer: T5Tokenizer, items, continuation: bool | None 
 
     tiny-t5 reads the text with the blank (``<extra_id_0>``, as in span corruption) and scores
     ``<extra_id_0> words`` as its decoder's output; tiny-gpt scores the words as the continuation
-    of the text before the blank, and so does a T5 with ``continuation=True`` (tiny-t5-lm, which
-    was trained to continue: its encoder reads the text before the blank, its decoder writes the
-    words; the default is True for a GPT, False for a T5). The score is the sum of the words' token log-probabilities, not
-    normalised by length: a longer candidate pays for each extra token, as it would in generation.
+    of the text before the blank, and so does a T5 with ``continuation=True`` (for tiny-t5-lm,
+    trained to continue: its encoder reads the text before the blank, its decoder writes the
+    words; the default is True for a GPT, False for a T5). The score is the sum of the words'
+    token log-probabilities, not normalised by length: a longer candidate pays for each extra
+    token, as it would in generation.
     Returns the accuracy, the chance level (the mean of 1/#candidates) and the number of items,
     overall and per slot (``by_slot``)."""
     was_training = model.training
@@ -392,7 +393,7 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
     config = training_config(name) if config is None else config
     if name in ADAPTED_FROM and start_from is None:
         raise ValueError(f"{name} is {ADAPTED_FROM[name]} trained on: make it with `{make_command(name)}`")
-    if config.prefix_lm_share and not isinstance(tiny_config(name, 1), T5Config):
+    if config.prefix_lm_share and architecture(name) != "tiny-t5":
         raise ValueError("prefix LM needs an encoder to read the prefix: only the T5 bases take prefix_lm_share")
     data_dir = Path(data_dir)
     out_dir = data_dir if out_dir is None else Path(out_dir)

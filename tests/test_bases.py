@@ -142,7 +142,7 @@ def test_cloze_probe_scores_each_candidate_as_the_model_reads_it(paraphrase_item
                 logits = model(input_ids=torch.tensor([tokenizer.encode(item.text)]),
                                decoder_input_ids=torch.tensor([[0] + target[0, :-1].tolist()]))
                 alone = -torch.nn.functional.cross_entropy(logits[0, 1:], target[0, 1:], reduction="sum")
-            elif name == "tiny-t5":   # prefix LM: the text before the blank in the encoder, the span as its continuation
+            elif name == "tiny-t5":   # prefix LM: the text before the blank in, the span as its continuation
                 logits = model(input_ids=torch.tensor([tokenizer.encode(item.prompt)]),
                                decoder_input_ids=torch.tensor([[0] + span[:-1]]))
                 alone = -torch.nn.functional.cross_entropy(logits[0], torch.tensor(span), reduction="sum")
