@@ -1,7 +1,7 @@
-"""Tiny pretrained bases: a T5 and a GPT that have read the embedded world.
+"""Tiny pretrained bases: T5s and a GPT that have read the embedded world.
 
 PEFT adapts a *frozen* model, so it can only work when that model already knows something.
-Nothing can be downloaded here, so the project pretrains its own two small bases on
+Nothing can be downloaded here, so the project pretrains its own small bases on
 ``data/corpus.txt`` (see ``minipeft/world/``) with the objectives of the source documents:
 
     tiny-t5     encoder-decoder (T5 v1.0 layout), T5's span corruption (F11.4)
