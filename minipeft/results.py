@@ -28,6 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from . import bases
 from .methods import method_names
 from .methods.base import base_fingerprint, read_checkpoint
 from .methods.registry import make_options
@@ -143,7 +144,8 @@ def trained_with_today_s_defaults(config: TrainConfig) -> bool:
 
 # Options a method needs on a base, in every grid: T5 has no biases, so BitFit trains its norm
 # scales (F10.3's documented alternative) instead of stopping with an error.
-BASE_OPTIONS = {(t5, "bitfit"): {"bitfit_fallback": "layer_norm"} for t5 in ("tiny-t5", "tiny-t5-lm")}
+BASE_OPTIONS = {(name, "bitfit"): {"bitfit_fallback": "layer_norm"}
+                for name in bases.BASE_NAMES if bases.architecture(name) == "tiny-t5"}
 
 
 def readme_grid(tasks: list[str]) -> list[tuple[str, bool, str, str]]:
