@@ -391,8 +391,8 @@ def pretrain(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | N
     the base keeps the record of its earlier training. Returns what it measured (also saved in
     config.json)."""
     config = training_config(name) if config is None else config
-    if name in ADAPTED_FROM and start_from is None:
-        raise ValueError(f"{name} is {ADAPTED_FROM[name]} trained on: make it with `{make_command(name)}`")
+    if start_from is None:
+        check_pretrainable(name)
     if config.prefix_lm_share and architecture(name) != "tiny-t5":
         raise ValueError("prefix LM needs an encoder to read the prefix: only the T5 bases take prefix_lm_share")
     data_dir = Path(data_dir)
@@ -482,6 +482,12 @@ def adapt(name: str, data_dir: str | Path = DATA_DIR, out_dir: str | Path | None
     return pretrain(name, data_dir, out_dir, default if config is None else config, progress, start_from)
 
 
+def check_pretrainable(name: str) -> None:
+    """Refuse to pretrain from scratch a base that is made by training another one on."""
+    if name in ADAPTED_FROM:
+        raise ValueError(f"{name} is {ADAPTED_FROM[name]} trained on: make it with `{make_command(name)}`")
+
+
 def adaptation_config(name: str) -> PretrainConfig:
     if name not in ADAPTATION:
         made = ", ".join(f"{adapted} (from {source})" for adapted, source in ADAPTED_FROM.items())
@@ -509,9 +515,9 @@ def main(argv=None):
     try:
         if args.command == "adapt":
             default = adaptation_config(args.name)
-        elif args.command == "pretrain" and args.name in ADAPTED_FROM:
-            raise ValueError(f"{args.name} is {ADAPTED_FROM[args.name]} trained on: `{make_command(args.name)}`")
         else:
+            if args.command == "pretrain":
+                check_pretrainable(args.name)
             default = training_config(args.name)
     except ValueError as error:
         parser.error(str(error))
@@ -523,8 +529,9 @@ def main(argv=None):
     else:
         model, tokenizer = load_base(args.name, args.out or args.data)
         held_out = Path(args.data, "corpus.txt").read_text(encoding="utf-8").splitlines()[-config.held_out_lines:]
-        probe = cloze_probe(model, tokenizer, paraphrase_items(build_world()), continuation=(
-            not isinstance(model, T5Model) or config.prefix_lm_share >= 1))
+        # a T5 trained only by prefix LM is asked as a continuation; otherwise each base's default
+        continuation = True if config.prefix_lm_share >= 1 else None
+        probe = cloze_probe(model, tokenizer, paraphrase_items(build_world()), continuation=continuation)
         print(json.dumps({"stored": str(STORAGE_DTYPE), **evaluate(model, tokenizer, held_out, config),
                           "paraphrase_cloze": {key: probe[key] for key in ("accuracy", "chance", "items")}}))
 
