@@ -20,8 +20,8 @@ import torch
 
 from minipeft.methods import method_names
 from minipeft.optim import OPTIMIZERS, PRECISIONS, SCHEDULES
-from minipeft.training import BASE_LR, DEFAULT_LR, FALLBACK_LR, HF_BASES, TINY_BASES, TrainConfig, TrainingError, \
-    config_for_resume, default_steps_text, run
+from minipeft.training import BASE_LR, DEFAULT_LR, FALLBACK_LR, HF_BASES, SELECTIONS, TINY_BASES, TrainConfig, \
+    TrainingError, config_for_resume, default_steps_text, run
 
 DEFAULTS = TrainConfig()
 
@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: GPT's n_positions, T5 512)")
     how.add_argument("--eval-every", type=int, help=f"dev evaluation and checkpoint every N steps "
                      f"(default {DEFAULTS.eval_every})")
+    how.add_argument("--select", choices=SELECTIONS, help=f"which trained tensors to test and keep: the last "
+                     f"step's, or those of the best dev evaluation (default {DEFAULTS.select})")
     how.add_argument("--eval-examples", type=int, help=f"dev examples per evaluation (default {DEFAULTS.eval_examples})")
     how.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; on a machine "
                      "shared with other jobs, 1 is often fastest for the tiny bases)")

@@ -7,6 +7,7 @@
         loss  = F11 objective on the target tokens (seq2seq, or causal LM with the input masked)
         backward, clip (F12.5), optimiser step (F12.2), schedule (F12.5), loss scaling for fp16 (F12.4)
         every eval_every steps: dev score, and a resumable checkpoint
+    select = "last": test the trained tensors of the last step; "best-dev": those of the best dev score
     test score; metrics.json; the trained tensors only (save_trained)
 
 Reproducible by construction. The examples of step ``s`` are a function of ``(seed, s)`` (epoch
@@ -22,8 +23,11 @@ the single-process gradient of the mean token loss, each process scales its mean
 
 Files in ``out``:
 
-    peft.safetensors   what was trained + method, options, base fingerprint, run config (save_trained)
-    state.pt           optimiser, loss scaler, fp32 master weights (fp16), step, loss curve: resuming
+    peft.safetensors   what was trained + method, options, base fingerprint, run config (save_trained):
+                       the last step's tensors while training, the selected ones once it has finished
+    state.pt           the last step's trained tensors, optimiser, loss scaler, fp32 master weights
+                       (fp16), step, loss curve, and with select="best-dev" the best dev step's
+                       tensors: everything resuming needs
     metrics.json       the run's record (see ``run``)
 
 Every file is written to a temporary name and renamed into place (``os.replace``), so an
@@ -92,6 +96,12 @@ DEFAULT_STEPS = 300
 TASK_STEPS = {"nli": 1000, "e2e": 1000}
 
 
+# Which trained tensors a run tests and keeps. "last": those of the final step. "best-dev": those of
+# the dev evaluation (every eval_every steps, and the last step) with the best score, the usual
+# protocol of the papers (a checkpoint chosen on dev); the later of equal scores wins.
+SELECTIONS = ("last", "best-dev")
+
+
 def default_steps_text() -> str:
     """The default steps in words, for --help: "300; 1000 for nli, 1000 for e2e"."""
     return f"{DEFAULT_STEPS}; " + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items())
@@ -125,6 +135,7 @@ class TrainConfig:
     dtype: str = "fp32"
     eval_every: int = 100
     eval_examples: int = 200                      # dev examples per evaluation during training
+    select: str = "last"                          # which evaluated step's tensors to test: see SELECTIONS
     max_length: int | None = None                 # None: the model's limit (GPT) or 512 (T5)
     out: str = "out"
 
@@ -136,6 +147,8 @@ class TrainConfig:
                 raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise TrainingError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.select not in SELECTIONS:
+            raise TrainingError(f"unknown selection {self.select!r}: choose one of {', '.join(SELECTIONS)}")
         if self.lr is not None and not self.lr > 0:
             raise TrainingError(f"the learning rate must be positive, got {self.lr}")
 
@@ -418,22 +431,35 @@ class Run:
         self.precision = Precision(config.dtype, self.peft)
         self.trainable, self.total = count_parameters(self.peft)
         self.step, self.losses, self.dev_history, self.train_seconds = 0, [], [], 0.0
+        self.best = None   # select="best-dev": {"step", "score", "trained"} of the best dev evaluation so far
+        self.selected_step = None   # the step whose tensors were tested
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, optimizer) -> int:
         """Write the trained tensors and the resumable state; return the trained tensors' bytes."""
+        size = self.save_trained(self.step)
+        self.save_state(optimizer)
+        return size
+
+    def save_trained(self, step: int) -> int:
+        """peft.safetensors: the tensors the model holds now (those of ``step``); returns its size."""
         if not self.distributed.is_main:
             return 0
         config = dataclasses.asdict(self.config)
-        size = save_trained(self.peft, self.out / PEFT_FILE,
-                            extra={"config": config, "step": self.step, "task": self.data.name})
-        state = {"step": self.step, "optimizer": optimizer.state_dict(), "losses": self.losses,
+        return save_trained(self.peft, self.out / PEFT_FILE,
+                            extra={"config": config, "step": step, "task": self.data.name})
+
+    def save_state(self, optimizer):
+        """state.pt: what resuming at ``self.step`` needs, the step's trained tensors included."""
+        if not self.distributed.is_main:
+            return
+        state = {"step": self.step, "trained": self.peft.trained_state_dict(), "best": self.best,
+                 "optimizer": optimizer.state_dict(), "losses": self.losses,
                  "dev_history": self.dev_history, "train_seconds": self.train_seconds,
                  "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
                  "masters": [p.detach().clone() for p in self.precision.masters.params]
                  if self.precision.masters else None}
         atomic_write(self.out / STATE_FILE, lambda temporary: torch.save(state, temporary))
-        return size
 
     def restore(self, optimizer, schedule):
         path = Path(self.resume) / STATE_FILE
@@ -441,6 +467,9 @@ class Run:
             raise TrainingError(f"{path} not found: --resume needs the state.pt that training writes beside "
                                 f"peft.safetensors (or use --eval-only to only evaluate)")
         state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("trained") is not None:   # the last step's tensors (peft.safetensors may hold the selected ones)
+            self.peft.load_trained_state_dict(state["trained"])
+        self.best = state.get("best")
         optimizer.load_state_dict(state["optimizer"])
         if state["scaler"] is not None:
             self.precision.scaler.load_state_dict(state["scaler"])
@@ -531,12 +560,27 @@ class Run:
         self.dev_history.append({"step": self.step, **metrics})
         shown = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
         tqdm.write(f"step {self.step}: loss {self.losses[-1]:.4f}, dev {shown}", file=sys.stderr)
+        score = metrics[score_name(self.data.kind)]
+        if self.config.select == "best-dev" and (self.best is None or score >= self.best["score"]):
+            self.best = {"step": self.step, "score": score,
+                         "trained": {name: tensor.clone() for name, tensor in self.peft.trained_state_dict().items()}}
+
+    def select_trained(self) -> int:
+        """Put the selected step's tensors into the model (``select``); return that step."""
+        if self.config.select == "best-dev" and self.best is not None:
+            self.peft.load_trained_state_dict(self.best["trained"])
+            self.log(f"best-dev: testing the tensors of step {self.best['step']} "
+                     f"(dev {score_name(self.data.kind)} {self.best['score']:.4g})")
+            return self.best["step"]
+        return self.step
 
     def finish(self, optimizer) -> dict:
         """Test score, the record written to metrics.json (rank 0), and the checkpoint size."""
         record = {}
         if self.distributed.is_main:
-            checkpoint_bytes = self.save(optimizer)
+            self.save_state(optimizer)            # the last step, to resume (e.g. with more --steps)
+            self.selected_step = self.select_trained()
+            checkpoint_bytes = self.save_trained(self.selected_step)
             metrics, samples = self.evaluate(self.data.test)
             record = self.record(metrics, checkpoint_bytes)
             write_json(self.out / METRICS_FILE, record)
@@ -549,6 +593,8 @@ class Run:
         self.log(self.peft.trainable_report())
         record = {}
         if self.distributed.is_main:
+            metadata, _ = read_checkpoint(Path(self.resume) / PEFT_FILE)
+            self.selected_step = json.loads(metadata["extra"]).get("step")
             metrics, samples = self.evaluate(self.data.test)
             record = self.record(metrics, (Path(self.resume) / PEFT_FILE).stat().st_size)
             record["eval_only"] = True
@@ -566,6 +612,7 @@ class Run:
             "trainable_percent": 100 * self.trainable / self.total,
             "metrics": metrics, "score_name": score_name(self.data.kind), "score": metrics[score_name(self.data.kind)],
             "dev_history": self.dev_history, "train_seconds": self.train_seconds, "steps": self.step,
+            "select": c.select, "selected_step": self.selected_step,
             "checkpoint_bytes": checkpoint_bytes, "skipped_steps": self.precision.skipped_steps,
             "lr": c.learning_rate, "batch_size": c.batch_size, "seed": c.seed, "dtype": c.dtype, "optim": c.optim,
             "schedule": c.schedule, "warmup": c.warmup_steps, "world_size": self.distributed.world_size,

@@ -165,8 +165,9 @@ def test_the_checkpoint_holds_only_the_trained_tensors(t5_dir, task, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(t5_dir, task, tmp_path, monkeypatch):
-    straight = run(config(t5_dir, task, tmp_path / "straight", steps=6), log=quiet)
+@pytest.mark.parametrize("select", ["last", "best-dev"])
+def test_interrupted_then_resumed_equals_uninterrupted(t5_dir, task, tmp_path, monkeypatch, select):
+    straight = run(config(t5_dir, task, tmp_path / "straight", steps=6, eval_every=2, select=select), log=quiet)
 
     real_indices = training.global_batch_indices
 
@@ -176,7 +177,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(t5_dir, task, tmp_path, m
         return real_indices(step, *args)
 
     monkeypatch.setattr(training, "global_batch_indices", interrupt_at_step_3)
-    interrupted = run(config(t5_dir, task, tmp_path / "resumed", steps=6), log=quiet)
+    interrupted = run(config(t5_dir, task, tmp_path / "resumed", steps=6, eval_every=2, select=select), log=quiet)
     assert interrupted == {"interrupted": True, "steps": 3}
     monkeypatch.setattr(training, "global_batch_indices", real_indices)
     resumed = run(training.config_for_resume(tmp_path / "resumed", {}), resume=tmp_path / "resumed", log=quiet)
@@ -185,6 +186,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(t5_dir, task, tmp_path, m
     final, expected = load_file(tmp_path / "resumed" / PEFT_FILE), load_file(tmp_path / "straight" / PEFT_FILE)
     assert all(torch.equal(final[name], expected[name]) for name in expected)
     assert resumed["metrics"] == straight["metrics"]
+    assert resumed["selected_step"] == straight["selected_step"]
+    assert resumed["dev_history"] == straight["dev_history"]
 
 
 def test_eval_only_reproduces_the_test_metric(t5_dir, tmp_path_factory, tmp_path):
@@ -193,6 +196,40 @@ def test_eval_only_reproduces_the_test_metric(t5_dir, tmp_path_factory, tmp_path
     assert set(trained["metrics"]) == {"bleu", "slot_coverage"}
     again = run(training.config_for_resume(tmp_path, {}), resume=tmp_path, eval_only=True, log=quiet)
     assert again["metrics"] == trained["metrics"]
+
+
+def test_best_dev_tests_and_keeps_the_tensors_of_the_best_dev_step(t5_dir, task, tmp_path, monkeypatch):
+    scripted = iter([0.25, 0.5, 0.75, 0.5, 0.75, 0.25] * 2)   # dev accuracy at steps 2, 4, … 12, for each run
+    snapshots = {}   # step -> the trained tensors at that step's dev evaluation
+    real_evaluate = training.Run.evaluate
+
+    def evaluate_with_scripted_dev(self, examples):
+        if examples != self.data.dev[:self.config.eval_examples]:
+            return real_evaluate(self, examples)                       # the test set: really scored
+        snapshots[self.step] = {name: t.clone() for name, t in self.peft.trained_state_dict().items()}
+        return {"accuracy": next(scripted)}, []
+
+    monkeypatch.setattr(training.Run, "evaluate", evaluate_with_scripted_dev)
+    settings = dict(method="lora", steps=12, eval_every=2, lr=3e-2)
+    last = run(config(t5_dir, task, tmp_path / "last", **settings), log=quiet)
+    best = run(config(t5_dir, task, tmp_path / "best", select="best-dev", **settings), log=quiet)
+
+    assert best["losses"] == last["losses"]            # selecting changes what is tested, not the training
+    assert last["selected_step"] == 12
+    assert best["selected_step"] == 10                 # best dev 0.75 at steps 6 and 10: the later one
+    kept = load_file(tmp_path / "best" / PEFT_FILE)
+    assert not all(torch.equal(kept[name], snapshots[12][name]) for name in kept)
+    assert all(torch.equal(kept[name], snapshots[10][name]) for name in kept)
+    resumable = torch.load(tmp_path / "best" / training.STATE_FILE, weights_only=True)["trained"]
+    assert all(torch.equal(resumable[name], snapshots[12][name]) for name in resumable)
+    monkeypatch.setattr(training.Run, "evaluate", real_evaluate)
+    again = run(training.config_for_resume(tmp_path / "best", {}), resume=tmp_path / "best", eval_only=True, log=quiet)
+    assert again["metrics"] == best["metrics"] and again["selected_step"] == 10
+
+
+def test_an_unknown_selection_is_refused():
+    with pytest.raises(TrainingError, match="unknown selection 'best'.*last, best-dev"):
+        TrainConfig(select="best")
 
 
 def test_a_different_base_is_refused(t5_dir, task, tmp_path):
