@@ -35,7 +35,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import copy_or_reverse as task  # noqa: E402
 from minipeft import GPT, GPTConfig, T5Config, T5Model, get_peft  # noqa: E402
-from minipeft.attention import prepend_prefix  # noqa: E402
+from minipeft.attention import attend, prepend_prefix  # noqa: E402
 from minipeft.methods import count_parameters  # noqa: E402
 from minipeft.methods.prefix import PrefixTuning  # noqa: E402
 
@@ -173,7 +173,52 @@ print("greedy:", peft.generate(x, max_new_tokens=6).tolist(), " beams:", peft.ge
                                                                                      num_beams=3).tolist())
 
 # %% [markdown]
-# ## 5. Exercise
+# ## 5. What a prefix can change: a gate on each query
+#
+# Write out F5.3–F5.4 for one query q (a row of Q), with the scale left out as in T5. Its scores
+# against the prefix keys and against the input's keys sit in one softmax, so the head splits
+# into two attentions and a gate λ(q) between them (He et al. 2022 read prefix tuning this way:
+# an adapter beside the attention, gated by the frozen query):
+#
+#     head(q) = (1 − λ(q)) · softmax(q Kᵀ) V  +  λ(q) · softmax(q P_keyᵀ) P_value
+#     λ(q)    = Σᵢ exp(q·P_key,i) / (Σᵢ exp(q·P_key,i) + Σⱼ exp(q·K_j))      (the prefix's share)
+#
+# The first term is the frozen layer's own attention, untouched. Checked on random tensors:
+
+# %%
+B, H, T, m, D = 2, 4, 6, 3, 8
+query, key, value = torch.randn(B, H, T, D), torch.randn(B, H, T, D), torch.randn(B, H, T, D)
+prefix_key, prefix_value = torch.randn(B, H, m, D), torch.randn(B, H, m, D)
+keys, values = prepend_prefix(key, value, (prefix_key, prefix_value))
+with_prefix = attend(query, keys, values, scale=1.0)                                      # (B, H, T, D)
+prefix_mass = (query @ prefix_key.transpose(-2, -1)).logsumexp(-1, keepdim=True)         # (B, H, T, 1)
+input_mass = (query @ key.transpose(-2, -1)).logsumexp(-1, keepdim=True)                 # (B, H, T, 1)
+gate = torch.sigmoid(prefix_mass - input_mass)                                            # λ(q), (B, H, T, 1)
+gated = (1 - gate) * attend(query, key, value, scale=1.0) + gate * attend(query, prefix_key, prefix_value, scale=1.0)
+print(f"max |head with prefix − gated sum| = {(with_prefix - gated).abs().max().item():.1e}")
+weights = (query @ keys.transpose(-2, -1)).softmax(-1)[..., m:]                          # on the input's keys
+renormalised = weights / weights.sum(-1, keepdim=True)
+print(f"max |Δ| of the weights on the input, renormalised, with and without the prefix: "
+      f"{(renormalised - (query @ key.transpose(-2, -1)).softmax(-1)).abs().max().item():.1e}")
+
+# %% [markdown]
+# So, within one layer, a prefix cannot change *which* input tokens a query looks at, or in what
+# proportions: it can only turn the query partly away from all of them, by λ(q), towards a
+# mixture of its own m values. The layers above see shifted hidden states, so their queries and
+# keys do move, but only along what those m values add. LoRA on the query and key projections
+# changes q Kᵀ itself. Petrov et al. (ICLR 2024) argue from this that prefix tuning can bring
+# out a skill the frozen model has but not teach it a new attention pattern.
+#
+# The embedded nli task may be such a case (README, Results): the hypothesis has to be matched
+# with the right fact of the premise, which none of the tiny bases does before fine-tuning (their
+# frozen probes stay near chance). There, the paper's prefix tuning keeps about 80 % of full
+# fine-tuning's score while LoRA keeps all of it. On sentiment and e2e, where the frozen base
+# already carries what the task reads, prefix tuning is close to full. Trained on nli, the prefix
+# takes much of the encoder's attention, λ near 1 for some queries and near 0 for others (README):
+# where it is used, the layer's own attention is switched off rather than redirected.
+
+# %% [markdown]
+# ## 6. Exercise
 #
 # `lessons/exercises/methods.prefix.py` is `prefix.py` with F5.5 and the cutting of P_θ into
 # per-layer keys and values taken out. Write them, then:
