@@ -20,8 +20,8 @@ import torch
 
 from minipeft.methods import method_names
 from minipeft.optim import OPTIMIZERS, PRECISIONS, SCHEDULES
-from minipeft.training import BASE_LR, DEFAULT_LR, FALLBACK_LR, HF_BASES, SELECTIONS, TINY_BASES, TrainConfig, \
-    TrainingError, config_for_resume, default_steps_text, run
+from minipeft.training import BASE_LR, DEFAULT_LR, FALLBACK_LR, HF_BASES, SELECTIONS, TASK_DEFAULTS, TINY_BASES, \
+    TrainConfig, TrainingError, config_for_resume, default_steps_text, run
 
 DEFAULTS = TrainConfig()
 
@@ -53,6 +53,9 @@ def parse_option(text: str) -> tuple[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     lr_table = ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items())
     base_lr_table = ", ".join(f"{method} on {model} {lr:g}" for (model, method), lr in BASE_LR.items())
+    task_table = ", ".join(f"{method} on {model}'s {task} {settings['lr']:g} (with "
+                           + ", ".join(f"{key}={value}" for key, value in settings.get("options", {}).items()) + ")"
+                           for (model, task, method), settings in TASK_DEFAULTS.items())
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1], argument_default=argparse.SUPPRESS)
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--steps", type=int, help=f"optimiser steps (default {default_steps_text()})")
     how.add_argument("--batch-size", type=int, help=f"global batch size, shared by all processes "
                      f"(default {DEFAULTS.batch_size})")
-    how.add_argument("--lr", type=float, help=f"peak learning rate (default: {base_lr_table}; else the method class's "
+    how.add_argument("--lr", type=float, help=f"peak learning rate (default: {task_table}; {base_lr_table}; else the method class's "
                      f"default_lr, else {lr_table}; others {FALLBACK_LR:g})")
     how.add_argument("--warmup", type=int, help="linear warmup steps (default steps/10, at most 30)")
     how.add_argument("--schedule", choices=SCHEDULES,

@@ -352,6 +352,19 @@ def test_default_learning_rate_comes_from_the_base_the_method_or_the_table(monke
     assert TrainConfig(method="prefix", model="tiny-t5").learning_rate == training.DEFAULT_LR["prefix"]
 
 
+def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_user(monkeypatch):
+    monkeypatch.setitem(training.TASK_DEFAULTS, ("tiny-t5", "nli", "lora"), {"lr": 0.125, "options": {"r": 2}})
+    assert TrainConfig(method="lora", task="nli").learning_rate == 0.125
+    assert TrainConfig(method="lora", task="nli").options == {"r": 2}
+    assert TrainConfig(method="lora", task="nli", lr=0.5, options={"r": 4}).learning_rate == 0.5
+    assert TrainConfig(method="lora", task="nli", options={"r": 4}).options == {"r": 4}
+    assert TrainConfig(method="lora", task="nli", options={"lora_alpha": 4}).options == {"r": 2, "lora_alpha": 4}
+    for other in (dict(task="sentiment"), dict(model="tiny-gpt", task="nli"), dict(task="nli", data="my.jsonl")):
+        assert TrainConfig(method="lora", **other).options == {}
+        assert TrainConfig(method="lora", **other).learning_rate == training.DEFAULT_LR["lora"]
+    assert TrainConfig(method="prefix", task="nli").options == {"num_virtual_tokens": 10}   # the shipped entry
+
+
 def test_dropout_is_off_for_a_frozen_base_and_the_base_s_own_for_full(t5_dir, task, tmp_path, monkeypatch):
     assert TrainConfig(method="lora").dropout_rate == 0.0
     assert TrainConfig(method="full").dropout_rate is None
