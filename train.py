@@ -53,9 +53,10 @@ def parse_option(text: str) -> tuple[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     lr_table = ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items())
     base_lr_table = ", ".join(f"{method} on {model} {lr:g}" for (model, method), lr in BASE_LR.items())
-    task_table = ", ".join(f"{method} on {model}'s {task} {settings['lr']:g} (with "
-                           + ", ".join(f"{key}={value}" for key, value in settings.get("options", {}).items()) + ")"
-                           for (model, task, method), settings in TASK_DEFAULTS.items())
+    task_table = "; ".join(f"{method} on {model}'s {task}: " + ", ".join(
+        [f"{key} {value:g}" for key, value in settings.items() if key != "options"]
+        + [f"{key}={value}" for key, value in settings.get("options", {}).items()])
+        for (model, task, method), settings in TASK_DEFAULTS.items())
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1], argument_default=argparse.SUPPRESS)
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--steps", type=int, help=f"optimiser steps (default {default_steps_text()})")
     how.add_argument("--batch-size", type=int, help=f"global batch size, shared by all processes "
                      f"(default {DEFAULTS.batch_size})")
-    how.add_argument("--lr", type=float, help=f"peak learning rate (default: {task_table}; {base_lr_table}; else the method class's "
+    how.add_argument("--lr", type=float, help=f"peak learning rate (default: the task's, {task_table}; else {base_lr_table}; else the method class's "
                      f"default_lr, else {lr_table}; others {FALLBACK_LR:g})")
     how.add_argument("--warmup", type=int, help="linear warmup steps (default steps/10, at most 30)")
     how.add_argument("--schedule", choices=SCHEDULES,
@@ -86,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--weight-decay", type=float, help=f"(default {DEFAULTS.weight_decay})")
     how.add_argument("--clip", type=float, help=f"clip the global gradient norm at this (default {DEFAULTS.clip}; "
                      "0 turns clipping off)")
-    how.add_argument("--dropout", type=float, help="set every dropout rate of the base (default: 0 when the "
-                     "method freezes the base, the base's own rate for full fine-tuning)")
+    how.add_argument("--dropout", type=float, help="set every dropout rate of the base (default: the task's, as "
+                     "for --lr; else 0 when the method freezes the base, the base's own rate for full fine-tuning)")
     how.add_argument("--seed", type=int, help=f"(default {DEFAULTS.seed}): same seed, same loss curve on CPU")
     how.add_argument("--device", choices=("cpu", "cuda"), help=f"(default {DEFAULTS.device})")
     how.add_argument("--dtype", choices=PRECISIONS, help=f"(default {DEFAULTS.dtype}); fp16 keeps fp32 master "

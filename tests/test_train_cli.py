@@ -146,6 +146,16 @@ def test_option_values_are_parsed(text, value):
     assert load_train_script().parse_value(text) == value
 
 
+def test_help_names_every_default_a_task_a_base_or_a_method_brings(monkeypatch):
+    from minipeft import training
+    monkeypatch.setitem(training.TASK_DEFAULTS, ("tiny-gpt", "e2e", "lora"), {"dropout": 0.25, "options": {"r": 2}})
+    script = load_train_script()
+    text = " ".join(script.build_parser().format_help().split())
+    assert "prefix on tiny-t5's nli: lr 0.002, num_virtual_tokens=10" in text
+    assert "lora on tiny-gpt's e2e: dropout 0.25, r=2" in text
+    assert "prefix on tiny-gpt 0.001" in text and "lora 0.003" in text
+
+
 def test_option_needs_key_equals_value():
     script = load_train_script()
     assert script.parse_option("r=8") == ("r", 8)

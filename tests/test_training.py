@@ -362,7 +362,10 @@ def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_
     for other in (dict(task="sentiment"), dict(model="tiny-gpt", task="nli"), dict(task="nli", data="my.jsonl")):
         assert TrainConfig(method="lora", **other).options == {}
         assert TrainConfig(method="lora", **other).learning_rate == training.DEFAULT_LR["lora"]
-    assert TrainConfig(method="prefix", task="nli").options == {"num_virtual_tokens": 10}   # the shipped entry
+    assert TrainConfig(method="prefix", task="nli").options == {"num_virtual_tokens": 10}   # the shipped entries
+    assert TrainConfig(method="full", task="nli").dropout_rate == 0.0
+    assert TrainConfig(method="full", task="nli", dropout=0.1).dropout_rate == 0.1
+    assert TrainConfig(method="full", task="e2e").dropout_rate is None                     # the base's own
 
 
 def test_dropout_is_off_for_a_frozen_base_and_the_base_s_own_for_full(t5_dir, task, tmp_path, monkeypatch):
