@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--steps", type=int, help=f"optimiser steps (default {default_steps_text()})")
     how.add_argument("--batch-size", type=int, help=f"global batch size, shared by all processes "
                      f"(default {DEFAULTS.batch_size})")
-    how.add_argument("--lr", type=float, help=f"peak learning rate (default: the task's, {task_table}; else {base_lr_table}; else the method class's "
-                     f"default_lr, else {lr_table}; others {FALLBACK_LR:g})")
+    how.add_argument("--lr", type=float, help=f"peak learning rate (default: the task's, {task_table}; "
+                     f"else {base_lr_table}; else the method class's default_lr, else {lr_table}; "
+                     f"others {FALLBACK_LR:g})")
     how.add_argument("--warmup", type=int, help="linear warmup steps (default steps/10, at most 30)")
     how.add_argument("--schedule", choices=SCHEDULES,
                      help=f"after warmup: cosine or linear decay to 10%%, or constant (default {DEFAULTS.schedule})")
