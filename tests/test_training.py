@@ -250,8 +250,10 @@ def test_two_processes_match_one_with_the_same_global_batch(t5_dir, task, tmp_pa
              "--batch-size", "8", "--dropout", "0", "--lr", "3e-3", "--eval-examples", "4", "--out", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": subprocess_pythonpath(ROOT)}
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                             str(29400 + os.getpid() % 500), "train.py", *flags],
+    # --standalone: torchrun finds a free port itself (a fixed one can be taken, and then the test
+    # fails for a reason that is not the code's).
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", *flags],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("trainable params:") == 1           # only rank 0 prints
