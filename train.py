@@ -21,7 +21,7 @@ import torch
 from minipeft.methods import method_names
 from minipeft.optim import OPTIMIZERS, PRECISIONS, SCHEDULES
 from minipeft.training import BASE_LR, DEFAULT_LR, FALLBACK_LR, HF_BASES, SELECTIONS, TASK_DEFAULTS, TINY_BASES, \
-    TrainConfig, TrainingError, config_for_resume, default_steps_text, run
+    TrainConfig, TrainingError, config_for_resume, default_steps_text, option_text, run
 
 DEFAULTS = TrainConfig()
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     base_lr_table = ", ".join(f"{method} on {model} {lr:g}" for (model, method), lr in BASE_LR.items())
     task_table = "; ".join(f"{method} on {model}'s {task}: " + ", ".join(
         [f"{key} {value:g}" for key, value in settings.items() if key != "options"]
-        + [f"{key}={value}" for key, value in settings.get("options", {}).items()])
+        + [f"{key}={option_text(value)}" for key, value in settings.get("options", {}).items()])
         for (model, task, method), settings in TASK_DEFAULTS.items())
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -34,7 +34,7 @@ from .methods.base import base_fingerprint, read_checkpoint
 from .methods.registry import make_options
 from .taskdata import task_names
 from .training import HF_BASES, PEFT_FILE, TINY_BASES, TrainConfig, TrainingError, atomic_write, build_base, \
-    default_steps_text, run, write_json
+    default_steps_text, option_text, run, write_json
 
 COLUMNS = ("method", "base", "task", "steps", "trainable params", "trainable %", "checkpoint", "test score",
            "vs full", "train time")
@@ -57,7 +57,7 @@ def human_bytes(size: int) -> str:
 
 def method_label(record: dict) -> str:
     options = record.get("options") or {}
-    return record["method"] + "".join(f" {key}={value}" for key, value in options.items())
+    return record["method"] + "".join(f" {key}={option_text(value)}" for key, value in options.items())
 
 
 def format_score(record: dict) -> str:

@@ -370,6 +370,13 @@ def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_
     assert TrainConfig(method="full", task="e2e").dropout_rate is None                     # the base's own
 
 
+def test_the_shipped_nli_settings_of_lora_and_adapters():
+    assert TrainConfig(method="lora", task="nli").options == {"target_modules": ("q", "k", "v", "o"), "r": 16}
+    assert TrainConfig(method="lora", task="nli", options={"target_modules": "q,v"}).options["r"] == 16
+    assert TrainConfig(method="adapter", task="nli").learning_rate == 3e-3
+    assert TrainConfig(method="adapter", task="sentiment").learning_rate == training.DEFAULT_LR["adapter"]
+
+
 def test_dropout_is_off_for_a_frozen_base_and_the_base_s_own_for_full(t5_dir, task, tmp_path, monkeypatch):
     assert TrainConfig(method="lora").dropout_rate == 0.0
     assert TrainConfig(method="full").dropout_rate is None
