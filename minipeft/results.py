@@ -121,6 +121,7 @@ def finished_run(config: TrainConfig) -> dict | None:
     same = {"method": config.method, "model": config.model, "random_base": config.random_base, "steps": config.steps,
             "batch_size": config.batch_size, "seed": config.seed, "lr": config.learning_rate,
             "options": config.options, "dropout": config.dropout_rate}
+    same = json.loads(json.dumps(same))   # as metrics.json holds them: a tuple option is a list there
     if any(record.get(key) != value for key, value in same.items()) or record.get("interrupted"):
         return None
     if not trained_with_today_s_defaults(config):

@@ -324,6 +324,9 @@ def test_results_reuse_only_a_run_made_with_today_s_options_and_base(t5_dir, tas
     assert results.finished_run(made)["method"] == "lora"
     assert results.finished_run(dataclasses.replace(made, lr=5e-4)) is None            # metrics.json differs
     assert results.finished_run(dataclasses.replace(made, options={"r": 4})) is None   # options the user set
+    listed = config(t5_dir, task, tmp_path / "listed", method="lora", steps=1, options={"target_modules": ("q", "v")})
+    run(listed, log=quiet)
+    assert results.finished_run(listed)["method"] == "lora"   # a tuple option, a list in metrics.json
     lora = METHODS["lora"]
     changed = dataclasses.make_dataclass("Options", [("r", int, dataclasses.field(default=lora.Options().r + 1))],
                                          bases=(lora.Options,), frozen=True)
