@@ -152,7 +152,7 @@ def test_help_names_every_default_a_task_a_base_or_a_method_brings(monkeypatch):
     script = load_train_script()
     text = " ".join(script.build_parser().format_help().split())
     assert "prefix on tiny-t5's nli: lr 0.002, num_virtual_tokens=10" in text
-    assert "lora on tiny-t5's nli: target_modules=q,k,v,o, r=16" in text   # a tuple as --option takes it
+    assert "lora on tiny-t5's nli: target_modules=q,k,v,o,wi,wo, r=16" in text   # a tuple as --option takes it
     assert "lora on tiny-gpt's e2e: dropout 0.25, r=2" in text
     assert "prefix on tiny-gpt 0.001" in text and "lora 0.003" in text
 

@@ -374,9 +374,13 @@ def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_
 
 
 def test_the_shipped_nli_settings_of_lora_and_adapters():
-    assert TrainConfig(method="lora", task="nli").options == {"target_modules": ("q", "k", "v", "o"), "r": 16}
+    assert TrainConfig(method="lora", task="nli").options == {"target_modules": ("q", "k", "v", "o", "wi", "wo"),
+                                                              "r": 16}
     assert TrainConfig(method="lora", task="nli", options={"target_modules": "q,v"}).options["r"] == 16
     assert TrainConfig(method="adapter", task="nli").learning_rate == 3e-3
+    assert TrainConfig(method="adapter", task="nli").options == {"cross_adapter": True}
+    assert TrainConfig(method="adapter", task="nli", options={"cross_adapter": False}).options == {"cross_adapter": False}
+    assert TrainConfig(method="adapter", task="nli").steps == 3000 == training.TASK_STEPS["nli"]
     assert TrainConfig(method="adapter", task="sentiment").learning_rate == training.DEFAULT_LR["adapter"]
 
 
