@@ -258,9 +258,24 @@ def load_data(config: TrainConfig):
         raise TrainingError(str(error)) from None
 
 
+def tokenizer_directory(config: TrainConfig) -> str | None:
+    """Where the base's tokenizer files are: ``data/bases/NAME`` for a tiny base, else ``--weights``."""
+    return str(bases.DATA_DIR / "bases" / config.model) if config.model in TINY_BASES else config.weights
+
+
+def method_options(config: TrainConfig) -> dict:
+    """The options ``get_peft`` gets: ``config.options``, and where one of them initialises from text
+    (``prompt_tuning_init_text``, ``prefix_init_text``) but no ``tokenizer_name_or_path`` is given,
+    the base's own tokenizer, so ``--option prefix_init_text="good bad"`` needs nothing more."""
+    options = dict(config.options)
+    if any(key.endswith("_init_text") and value is not None for key, value in options.items()):
+        options.setdefault("tokenizer_name_or_path", tokenizer_directory(config))
+    return options
+
+
 def attach_method(model, config: TrainConfig):
     try:
-        return get_peft(model, config.method, **config.options)
+        return get_peft(model, config.method, **method_options(config))
     except (ValueError, TypeError) as error:   # unknown method or option, bad option value
         raise TrainingError(str(error)) from None
 

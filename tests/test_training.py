@@ -384,6 +384,20 @@ def test_the_shipped_nli_settings_of_lora_and_adapters():
     assert TrainConfig(method="adapter", task="sentiment").learning_rate == training.DEFAULT_LR["adapter"]
 
 
+def test_an_init_text_option_gets_the_base_s_own_tokenizer():
+    from minipeft import bases, get_peft
+    config = TrainConfig(method="prefix", options={"prefix_init_text": "good bad great tasty"})
+    assert training.method_options(config)["tokenizer_name_or_path"] == str(bases.DATA_DIR / "bases" / "tiny-t5")
+    assert "tokenizer_name_or_path" not in training.method_options(TrainConfig(method="prefix"))
+    given = TrainConfig(method="prompt", options={"prompt_tuning_init": "text", "prompt_tuning_init_text": "good",
+                                                  "tokenizer_name_or_path": "my/tokenizer"})
+    assert training.method_options(given)["tokenizer_name_or_path"] == "my/tokenizer"   # a given one wins
+    with pytest.raises(ValueError, match="tokenizer_name_or_path"):   # what train.py users met before
+        get_peft(training.build_base(config)[0], "prefix", **config.options)
+    peft = training.attach_method(training.build_base(config)[0], config)
+    assert peft.options.tokenizer_name_or_path == str(bases.DATA_DIR / "bases" / "tiny-t5")
+
+
 def test_dropout_is_off_for_a_frozen_base_and_the_base_s_own_for_full(t5_dir, task, tmp_path, monkeypatch):
     assert TrainConfig(method="lora").dropout_rate == 0.0
     assert TrainConfig(method="full").dropout_rate is None
