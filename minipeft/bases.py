@@ -146,10 +146,15 @@ def random_base(name: str, data_dir: str | Path = DATA_DIR, seed: int = 0):
     return model.eval(), tokenizer
 
 
+def base_directory(name: str, data_dir: str | Path = DATA_DIR) -> Path:
+    """Where the stored base ``name`` lives: ``data_dir/bases/name`` (config, weights, tokenizer)."""
+    return Path(data_dir) / "bases" / name
+
+
 def load_base(name: str, data_dir: str | Path = DATA_DIR, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` of the pretrained base ``name`` from ``data_dir/bases/name`` (eval mode)."""
     check_name(name)
-    directory = Path(data_dir) / "bases" / name
+    directory = base_directory(name, data_dir)
     missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE) if not (directory / f).is_file()]
     if missing:
         raise FileNotFoundError(f"no pretrained {name} in {directory} (missing {', '.join(missing)}): "
@@ -461,7 +466,7 @@ def objective_name(name: str, config: PretrainConfig) -> str:
 
 def base_info(name: str, data_dir: str | Path = DATA_DIR) -> dict:
     """The parsed config.json of the stored base ``name``: its architecture and how it was trained."""
-    path = Path(data_dir) / "bases" / name / CONFIG_FILE
+    path = base_directory(name, data_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no pretrained {name} in {path.parent} (missing {CONFIG_FILE}): "
                                 f"make it with `{make_command(name)}`")

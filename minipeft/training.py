@@ -260,7 +260,7 @@ def load_data(config: TrainConfig):
 
 def tokenizer_directory(config: TrainConfig) -> str | None:
     """Where the base's tokenizer files are: ``data/bases/NAME`` for a tiny base, else ``--weights``."""
-    return str(bases.DATA_DIR / "bases" / config.model) if config.model in TINY_BASES else config.weights
+    return str(bases.base_directory(config.model)) if config.model in TINY_BASES else config.weights
 
 
 def method_options(config: TrainConfig) -> dict:
