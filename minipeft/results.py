@@ -34,7 +34,7 @@ from .methods.base import base_fingerprint, read_checkpoint
 from .methods.registry import make_options
 from .taskdata import task_names
 from .training import HF_BASES, PEFT_FILE, TINY_BASES, TrainConfig, TrainingError, atomic_write, build_base, \
-    default_steps_text, option_text, run, write_json
+    default_steps_text, method_options, option_text, run, write_json
 
 COLUMNS = ("method", "base", "task", "steps", "trainable params", "trainable %", "checkpoint", "test score",
            "vs full", "train time")
@@ -136,7 +136,7 @@ def trained_with_today_s_defaults(config: TrainConfig) -> bool:
     (or a base pretrained again) makes the old run stale."""
     try:
         metadata, _ = read_checkpoint(Path(config.out) / PEFT_FILE, tensors=False)
-        options_now = json.loads(json.dumps(dataclasses.asdict(make_options(config.method, config.options))))
+        options_now = json.loads(json.dumps(dataclasses.asdict(make_options(config.method, method_options(config)))))
         base, _ = build_base(config)
     except (FileNotFoundError, ValueError, TypeError, TrainingError):
         return False

@@ -327,6 +327,10 @@ def test_results_reuse_only_a_run_made_with_today_s_options_and_base(t5_dir, tas
     listed = config(t5_dir, task, tmp_path / "listed", method="lora", steps=1, options={"target_modules": ("q", "v")})
     run(listed, log=quiet)
     assert results.finished_run(listed)["method"] == "lora"   # a tuple option, a list in metrics.json
+    from_words = config(t5_dir, task, tmp_path / "words", method="prompt", steps=1,
+                        options={"prompt_tuning_init": "text", "prompt_tuning_init_text": "good"})
+    run(from_words, log=quiet)
+    assert results.finished_run(from_words)["method"] == "prompt"   # with the tokenizer train.py filled in
     lora = METHODS["lora"]
     changed = dataclasses.make_dataclass("Options", [("r", int, dataclasses.field(default=lora.Options().r + 1))],
                                          bases=(lora.Options,), frozen=True)
