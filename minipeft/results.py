@@ -56,8 +56,16 @@ def human_bytes(size: int) -> str:
 
 
 def method_label(record: dict) -> str:
+    """The method and its options, a long text option shortened to its first words:
+    ``prefix prefix_init_text=review positive negative …``."""
     options = record.get("options") or {}
-    return record["method"] + "".join(f" {key}={option_text(value)}" for key, value in options.items())
+    return record["method"] + "".join(f" {key}={short_option_text(value)}" for key, value in options.items())
+
+
+def short_option_text(value, words: int = 3) -> str:
+    if isinstance(value, str) and len(value.split()) > words:
+        return " ".join(value.split()[:words]) + " …"
+    return option_text(value)
 
 
 def format_score(record: dict) -> str:

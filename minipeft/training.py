@@ -105,7 +105,7 @@ BASE_LR = {("tiny-gpt", "prefix"): 1e-3}
 #   in 3,000 steps dev 66.4 % against 63.0 % without (test 66.5 and 64.7 %; 1,000 steps: 61.9 %).
 # These were chosen in 1,000 steps, nli's default steps until 2026-12-04 (TASK_STEPS), the
 # adapters' cross-attention and LoRA's layers in 3,000. Used for a task of data/tasks only (not
-# --data); --lr, --dropout and --option win.
+# --data); --lr, --dropout, --steps and --option win.
 TASK_DEFAULTS = {("tiny-t5", "nli", "prefix"): {"lr": 2e-3, "options": {"num_virtual_tokens": 10}},
                  ("tiny-t5", "nli", "full"): {"dropout": 0.0},
                  ("tiny-t5", "nli", "lora"): {"options": {"target_modules": ("q", "k", "v", "o", "wi", "wo"),
@@ -135,8 +135,12 @@ def option_text(value) -> str:
 
 
 def default_steps_text() -> str:
-    """The default steps in words, for --help: "300; 3000 for nli, 1000 for e2e"."""
-    return f"{DEFAULT_STEPS}; " + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items())
+    """The default steps in words, for --help: "300; 3000 for nli, 1000 for e2e" and, where a method
+    has its own on a task (TASK_DEFAULTS), "; STEPS for METHOD on BASE's TASK"."""
+    text = f"{DEFAULT_STEPS}; " + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items())
+    own = [f"{settings['steps']} for {method} on {model}'s {task}"
+           for (model, task, method), settings in TASK_DEFAULTS.items() if "steps" in settings]
+    return text + "".join(f"; {entry}" for entry in own)
 
 
 class TrainingError(Exception):
@@ -153,7 +157,7 @@ class TrainConfig:
     random_base: bool = False                     # same architecture, untrained weights
     task: str = "sentiment"
     data: str | None = None                       # user data file instead of a task
-    steps: int | None = None                      # None: TASK_STEPS[task], else DEFAULT_STEPS
+    steps: int | None = None                      # None: see default_steps
     batch_size: int = 32                          # the GLOBAL batch, shared by all processes
     lr: float | None = None                       # None: TASK_DEFAULTS, BASE_LR, default_lr or DEFAULT_LR
     warmup: int | None = None                     # None: steps // 10, at most 30
@@ -173,7 +177,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.steps is None:
-            object.__setattr__(self, "steps", DEFAULT_STEPS if self.data else TASK_STEPS.get(self.task, DEFAULT_STEPS))
+            object.__setattr__(self, "steps", self.default_steps)
         object.__setattr__(self, "options", {**self.task_defaults.get("options", {}), **self.options})
         for name in ("steps", "batch_size", "eval_every", "eval_examples"):
             if getattr(self, name) < 1:
@@ -189,6 +193,14 @@ class TrainConfig:
     def task_defaults(self) -> dict:
         """This base, task and method's entry of TASK_DEFAULTS (none for user data)."""
         return {} if self.data else TASK_DEFAULTS.get((self.model, self.task, self.method), {})
+
+    @property
+    def default_steps(self) -> int:
+        """Steps when none are given: this method's on this task (TASK_DEFAULTS), else the task's
+        (TASK_STEPS), else DEFAULT_STEPS (always for user data)."""
+        if self.data:
+            return DEFAULT_STEPS
+        return self.task_defaults.get("steps", TASK_STEPS.get(self.task, DEFAULT_STEPS))
 
     @property
     def learning_rate(self) -> float:

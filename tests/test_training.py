@@ -347,6 +347,15 @@ def test_default_steps_come_from_the_task():
     assert TrainConfig(task="e2e", data="mine.jsonl").steps == training.DEFAULT_STEPS   # --data: not the task
 
 
+def test_a_method_s_own_steps_on_a_task_win_over_the_task_s(monkeypatch):
+    monkeypatch.setitem(training.TASK_DEFAULTS, ("tiny-t5", "e2e", "bitfit"), {"steps": 1234})
+    assert TrainConfig(method="bitfit", task="e2e").steps == 1234
+    assert TrainConfig(method="bitfit", task="e2e", steps=7).steps == 7                 # --steps wins
+    assert TrainConfig(method="lora", task="e2e").steps == training.TASK_STEPS["e2e"]  # another method
+    assert TrainConfig(method="bitfit", task="e2e", data="mine.jsonl").steps == training.DEFAULT_STEPS
+    assert "1234 for bitfit on tiny-t5's e2e" in training.default_steps_text()
+
+
 def test_default_learning_rate_comes_from_the_base_the_method_or_the_table(monkeypatch):
     from minipeft.methods import METHODS
     assert TrainConfig(method="probe").learning_rate == training.DEFAULT_LR["probe"]
@@ -392,7 +401,7 @@ def test_an_init_text_option_gets_the_base_s_own_tokenizer():
     from minipeft import bases, get_peft
     config = TrainConfig(method="prefix", options={"prefix_init_text": "good bad great tasty"})
     assert training.method_options(config)["tokenizer_name_or_path"] == str(bases.DATA_DIR / "bases" / "tiny-t5")
-    assert "tokenizer_name_or_path" not in training.method_options(TrainConfig(method="prefix"))
+    assert "tokenizer_name_or_path" not in training.method_options(TrainConfig(method="prefix", task="e2e"))
     given = TrainConfig(method="prompt", options={"prompt_tuning_init": "text", "prompt_tuning_init_text": "good",
                                                   "tokenizer_name_or_path": "my/tokenizer"})
     assert training.method_options(given)["tokenizer_name_or_path"] == "my/tokenizer"   # a given one wins
@@ -444,3 +453,12 @@ def test_the_readme_grid_covers_every_method_and_task_and_the_random_baselines()
     assert {(task, method) for _, random, task, method in grid if random} == \
         {(task, method) for task in ("sentiment", "nli", "e2e") for method in ("full", "probe")}
     assert len(grid) == len(set(grid))
+
+
+def test_a_table_names_a_run_s_options_and_shortens_a_text_option():
+    from minipeft.results import method_label
+    assert method_label({"method": "lora", "options": {"r": 16, "target_modules": ["q", "v"]}}) == \
+        "lora r=16 target_modules=q,v"
+    assert method_label({"method": "prefix", "options": {"prefix_init_text": "review positive negative good bad"}}) == \
+        "prefix prefix_init_text=review positive negative …"
+    assert method_label({"method": "full", "options": {}}) == "full"
