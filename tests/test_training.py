@@ -402,6 +402,10 @@ def test_an_init_text_option_gets_the_base_s_own_tokenizer():
     config = TrainConfig(method="prefix", options={"prefix_init_text": "good bad great tasty"})
     assert training.method_options(config)["tokenizer_name_or_path"] == str(bases.DATA_DIR / "bases" / "tiny-t5")
     assert "tokenizer_name_or_path" not in training.method_options(TrainConfig(method="prefix", task="e2e"))
+    shipped = training.method_options(TrainConfig(method="prefix"))     # sentiment's prefix starts from words
+    assert shipped["prefix_init_text"] == training.SENTIMENT_PREFIX_WORDS
+    assert shipped["tokenizer_name_or_path"] == str(bases.DATA_DIR / "bases" / "tiny-t5")
+    assert "prefix_init_text" not in TrainConfig(method="prefix", model="tiny-gpt").options
     given = TrainConfig(method="prompt", options={"prompt_tuning_init": "text", "prompt_tuning_init_text": "good",
                                                   "tokenizer_name_or_path": "my/tokenizer"})
     assert training.method_options(given)["tokenizer_name_or_path"] == "my/tokenizer"   # a given one wins
