@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--schedule", choices=SCHEDULES,
                      help=f"after warmup: cosine or linear decay to 10%%, or constant (default {DEFAULTS.schedule})")
     how.add_argument("--optim", choices=OPTIMIZERS, help=f"optimiser (default {DEFAULTS.optim})")
-    how.add_argument("--weight-decay", type=float, help=f"(default {DEFAULTS.weight_decay})")
+    how.add_argument("--weight-decay", type=float, help=f"decay of the weight matrices; layer-norm scales and "
+                     f"biases are not decayed (default {DEFAULTS.weight_decay})")
     how.add_argument("--clip", type=float, help=f"clip the global gradient norm at this (default {DEFAULTS.clip}; "
                      "0 turns clipping off)")
     how.add_argument("--dropout", type=float, help="set every dropout rate of the base (default: the task's, as "

@@ -56,7 +56,7 @@ from .methods import METHODS, count_parameters, get_peft, load_trained, save_tra
 from .methods.base import read_checkpoint
 from .metrics import accuracy, corpus_bleu, slot_coverage
 from .objectives import causal_lm_loss, seq2seq_loss
-from .optim import Precision, build_optimizer, build_schedule
+from .optim import Precision, build_optimizer, build_schedule, weight_decay_groups
 from .taskdata import Batcher, DataError, load_task, load_user_data, references_by_input
 from .tokenizers import GPT2Tokenizer, T5Tokenizer
 
@@ -577,10 +577,20 @@ class Run:
         self.log(self.peft.trainable_report())
 
     # -- the loop ---------------------------------------------------------------------------------
+    def optimizer_groups(self):
+        """What the optimiser updates. With ``--weight-decay`` two groups, as GPT-2/3 and T5 training
+        do: matrices decay, vectors (layer-norm scales, biases) do not, since decaying a norm's scale
+        pulls it towards 0, not towards the identity it starts from. Without decay, one list."""
+        params = self.precision.parameters()
+        if not self.config.weight_decay:
+            return params
+        groups = weight_decay_groups(((None, param) for param in params), self.config.weight_decay)
+        return [group for group in groups if group["params"]]
+
     def train(self) -> dict:
         c, distributed = self.config, self.distributed
         try:
-            optimizer = build_optimizer(c.optim, self.precision.parameters(), lr=c.learning_rate,
+            optimizer = build_optimizer(c.optim, self.optimizer_groups(), lr=c.learning_rate,
                                         weight_decay=c.weight_decay)
             schedule = build_schedule(c.schedule, optimizer, c.warmup_steps, c.steps)
         except ValueError as error:   # e.g. warmup longer than the run

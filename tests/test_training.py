@@ -266,6 +266,20 @@ def test_two_processes_match_one_with_the_same_global_batch(t5_dir, task, tmp_pa
         torch.testing.assert_close(trained_two[name], trained_one[name], rtol=1e-4, atol=1e-4)
 
 
+def test_weight_decay_leaves_layer_norm_scales_and_biases_alone(t5_dir, task, tmp_path):
+    """One step from the same weights with and without --weight-decay: the matrices differ by the
+    decay, the vectors (T5's layer-norm scales) must not, or decay would pull them towards 0."""
+    trained = {}
+    for decay in (0.0, 0.5):
+        run(config(t5_dir, task, tmp_path / str(decay), steps=1, weight_decay=decay), log=quiet)
+        trained[decay] = load_file(tmp_path / str(decay) / PEFT_FILE)
+    vectors = [name for name, tensor in trained[0.0].items() if tensor.dim() < 2]
+    matrices = [name for name, tensor in trained[0.0].items() if tensor.dim() >= 2]
+    assert vectors and matrices
+    assert all(torch.equal(trained[0.5][name], trained[0.0][name]) for name in vectors)
+    assert all(not torch.equal(trained[0.5][name], trained[0.0][name]) for name in matrices)
+
+
 @pytest.mark.parametrize("dtype, optim", [("bf16", "adamw"), ("fp16", "adam"), ("fp32", "adafactor"), ("fp32", "sgd")])
 def test_every_precision_and_optimiser_trains(t5_dir, task, tmp_path, dtype, optim):
     record = run(config(t5_dir, task, tmp_path, steps=3, dtype=dtype, optim=optim, lr=1e-2), log=quiet)
