@@ -381,7 +381,7 @@ def test_default_learning_rate_comes_from_the_base_the_method_or_the_table(monke
     assert TrainConfig(method="probe", model="tiny-t5").learning_rate == 0.25
     assert TrainConfig(method="probe", model="tiny-gpt", lr=0.5).learning_rate == 0.5
     assert TrainConfig(method="prefix", model="tiny-gpt").learning_rate == 1e-3
-    assert TrainConfig(method="prefix", model="tiny-t5").learning_rate == training.DEFAULT_LR["prefix"]
+    assert TrainConfig(method="prefix", model="tiny-t5", task="e2e").learning_rate == training.DEFAULT_LR["prefix"]
 
 
 def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_user(monkeypatch):
@@ -420,6 +420,8 @@ def test_an_init_text_option_gets_the_base_s_own_tokenizer():
     assert shipped["prefix_init_text"] == training.SENTIMENT_PREFIX_WORDS
     assert shipped["tokenizer_name_or_path"] == str(bases.DATA_DIR / "bases" / "tiny-t5")
     assert "prefix_init_text" not in TrainConfig(method="prefix", model="tiny-gpt").options
+    assert TrainConfig(method="prefix").learning_rate == 3e-3                 # the rate a words' start wants
+    assert TrainConfig(method="prefix", task="e2e").learning_rate == training.DEFAULT_LR["prefix"]
     given = TrainConfig(method="prompt", options={"prompt_tuning_init": "text", "prompt_tuning_init_text": "good",
                                                   "tokenizer_name_or_path": "my/tokenizer"})
     assert training.method_options(given)["tokenizer_name_or_path"] == "my/tokenizer"   # a given one wins
