@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; on a machine "
                      "shared with other jobs, 1 is often fastest for the tiny bases)")
     files = parser.add_argument_group("checkpoints")
-    files.add_argument("--out", metavar="DIR", help=f"where to write metrics.json and the checkpoint "
+    files.add_argument("--out", metavar="DIR", help=f"where to write metrics.json, the test predictions and the checkpoint "
                        f"(default {DEFAULTS.out}; with --resume, the resumed directory)")
     files.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (flags given now override)")
     files.add_argument("--eval-only", action="store_true", help="with --resume: only evaluate on the test set")

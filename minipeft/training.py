@@ -63,6 +63,7 @@ from .tokenizers import GPT2Tokenizer, T5Tokenizer
 TINY_BASES = bases.BASE_NAMES  # tiny-t5, tiny-gpt, tiny-t5-lm: data/bases/
 HF_BASES = ("t5", "gpt2")
 PEFT_FILE, STATE_FILE, METRICS_FILE, EVAL_FILE = "peft.safetensors", "state.pt", "metrics.json", "eval.json"
+PREDICTIONS_FILE, EVAL_PREDICTIONS_FILE = "predictions.jsonl", "eval_predictions.jsonl"  # beside metrics / eval
 
 # Learning rates that work for each method on the tiny bases with AdamW in train.py's default steps
 # (300; 1,000 for e2e, and for nli until 2026-12-04), used when --lr is not given (measured:
@@ -459,6 +460,15 @@ def write_json(path: Path, record: dict):
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record, indent=2) + "\n"))
 
 
+def write_predictions(path: Path, samples):
+    """The test set's ``(input, prediction, references)``, one JSON object a line: what the score
+    was computed from, to read a run's mistakes (``python -m minipeft.heldout`` groups them)."""
+    lines = [json.dumps({"input": source, "prediction": prediction, "references": references}, ensure_ascii=False)
+             for source, prediction, references in samples]
+    atomic_write(path, lambda temporary: Path(temporary).write_text("".join(f"{line}\n" for line in lines),
+                                                                    encoding="utf-8"))
+
+
 def saved_config(directory: str | Path) -> dict:
     """The run config stored in a checkpoint directory's ``peft.safetensors``."""
     path = Path(directory) / PEFT_FILE
@@ -676,8 +686,9 @@ class Run:
             checkpoint_bytes = self.save_trained(self.selected_step)
             metrics, samples = self.evaluate(self.data.test)
             record = self.record(metrics, checkpoint_bytes)
-            write_json(self.out / METRICS_FILE, record)
-            self.report(metrics, samples, self.out / METRICS_FILE)
+            write_predictions(self.out / PREDICTIONS_FILE, samples)
+            write_json(self.out / METRICS_FILE, record)       # last: a run with metrics.json is complete
+            self.report(metrics, samples, self.out / METRICS_FILE, self.out / PREDICTIONS_FILE)
         self.distributed.barrier()
         return record
 
@@ -691,8 +702,9 @@ class Run:
             metrics, samples = self.evaluate(self.data.test)
             record = self.record(metrics, (Path(self.resume) / PEFT_FILE).stat().st_size)
             record["eval_only"] = True
+            write_predictions(self.out / EVAL_PREDICTIONS_FILE, samples)
             write_json(self.out / EVAL_FILE, record)
-            self.report(metrics, samples, self.out / EVAL_FILE)
+            self.report(metrics, samples, self.out / EVAL_FILE, self.out / EVAL_PREDICTIONS_FILE)
         self.distributed.barrier()
         return record
 
@@ -713,7 +725,7 @@ class Run:
             "losses": self.losses,
         }
 
-    def report(self, metrics: dict, samples, written: Path):
+    def report(self, metrics: dict, samples, written: Path, predictions: Path):
         shown = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
         self.log(f"test: {shown}")
         if self.data.kind != "classification":
@@ -722,7 +734,7 @@ class Run:
         if self.batcher.cut_inputs:
             self.log(f"warning: {self.batcher.cut_inputs} inputs were longer than the model's "
                      f"{self.batcher.max_length} tokens and were cut")
-        self.log(f"wrote {written}")
+        self.log(f"wrote {written} and {predictions}")
 
 
 def run(config: TrainConfig, resume: str | Path | None = None, eval_only: bool = False, log=print) -> dict:

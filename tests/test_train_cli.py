@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,12 +78,24 @@ def test_t5_checkpoint_end_to_end_writes_metrics_and_only_the_trained_tensors(tr
     assert (out / "state.pt").is_file() and not list(out.glob("*.tmp"))
 
 
+def test_predictions_file_holds_what_the_test_score_was_computed_from(trained, task):
+    out, _ = trained
+    record = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (Path(task).parent / "test.jsonl").read_text().splitlines()]
+    assert [row["input"] for row in rows] == [example["input"] for example in test]
+    assert [row["references"] for row in rows] == [[example["target"]] for example in test]
+    right = sum(row["prediction"] == row["references"][0] for row in rows)
+    assert right / len(rows) == pytest.approx(record["metrics"]["accuracy"])
+
+
 def test_eval_only_reproduces_the_test_metric(trained, capsys):
     out, _ = trained
     code, stdout, stderr = train_here(capsys, "--eval-only", "--resume", out)
     assert code == 0, stderr[-3000:]
     evaluated, record = (json.loads((out / name).read_text()) for name in ("eval.json", "metrics.json"))
     assert evaluated["metrics"] == record["metrics"] and evaluated["eval_only"]
+    assert (out / "eval_predictions.jsonl").read_text() == (out / "predictions.jsonl").read_text()
     assert f"test: accuracy {record['metrics']['accuracy']:.4g}" in stdout
 
 

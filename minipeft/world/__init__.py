@@ -44,10 +44,12 @@ The package, in reading order:
 from .entities import Event, Person, Restaurant, World, build_world
 from .files import DATA_DIR, EXTRA_IDS, SPLITS, TASKS, Sizes, generate, generate_texts, main, train_tokenizer
 from .sentences import e2e_slot_coverage, mr_string, parse_mr, slot_phrases
-from .tasks import NLI_LABELS, SENTIMENT_FRAMES, SENTIMENT_LABELS, held_out_strings, uses_held_out
+from .tasks import HELD_OUT_KINDS, NLI_LABELS, SENTIMENT_FRAMES, SENTIMENT_LABELS, held_out_groups, held_out_kinds, \
+    held_out_strings, uses_held_out
 from .vocabulary import FOODS, HELD_OUT, SENTIMENT_WORDS, split_words
 
 __all__ = ["DATA_DIR", "EXTRA_IDS", "SPLITS", "TASKS", "Sizes", "generate", "generate_texts", "main", "train_tokenizer",
            "World", "Restaurant", "Person", "Event", "build_world", "e2e_slot_coverage", "mr_string", "parse_mr",
-           "slot_phrases", "NLI_LABELS", "SENTIMENT_LABELS", "SENTIMENT_FRAMES", "held_out_strings", "uses_held_out",
+           "slot_phrases", "NLI_LABELS", "SENTIMENT_LABELS", "SENTIMENT_FRAMES", "HELD_OUT_KINDS", "held_out_groups",
+           "held_out_kinds", "held_out_strings", "uses_held_out",
            "FOODS", "HELD_OUT", "SENTIMENT_WORDS", "split_words"]

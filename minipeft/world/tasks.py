@@ -67,18 +67,46 @@ def choices_for(world: World, split: str) -> Choices:
     return Choices(held_out, world.held_out_names + world.seen_names if held_out else world.seen_names)
 
 
-def uses_held_out(text: str, world: World) -> bool:
-    """Does ``text`` contain a held-out value, word, name or phrasing (what train never shows)?"""
-    return any(re.search(rf"(?<!\w){re.escape(item)}(?!\w)", text) for item in held_out_strings(world))
+HELD_OUT_KINDS = ("words", "phrasings", "values")
+
+
+def held_out_groups(world: World) -> dict[str, list[str]]:
+    """What no train example contains, by kind (``HELD_OUT_KINDS``):
+
+    ``words``      the held-out sentiment words ("superb", "grumpy", …)
+    ``phrasings``  the held-out review frames and verdicts, and the held-out phrasing of each fact
+    ``values``     held-out cuisines and their dishes, areas, jobs, towns and restaurant names
+    """
+    return {
+        "words": list(HELD_OUT.words),
+        "phrasings": [*HELD_OUT_FRAME_MARKS, *HELD_OUT.verdicts(),
+                      *(phrases[-1] for phrases in AREAS.values()), *(phrases[-1] for phrases in FAMILY_PHRASES.values()),
+                      *(phrases[1] for phrases in JOBS.values()), *(hobby[2] for hobby in HOBBIES),
+                      "a meal at", "you can eat", "reviewers give", "is run as", "has a house in"],
+        "values": [*HELD_OUT.foods, *HELD_OUT.areas, *HELD_OUT.jobs, *HELD_OUT.towns, *HELD_OUT.dishes,
+                   *world.held_out_names],
+    }
 
 
 def held_out_strings(world: World) -> list[str]:
     """Every string that no train example contains: held-out values, names, words and phrasings."""
-    return [*HELD_OUT.foods, *HELD_OUT.areas, *HELD_OUT.jobs, *HELD_OUT.towns, *HELD_OUT.words,
-            *HELD_OUT.dishes, *HELD_OUT.verdicts(), *world.held_out_names, *HELD_OUT_FRAME_MARKS,
-            *(phrases[-1] for phrases in AREAS.values()), *(phrases[-1] for phrases in FAMILY_PHRASES.values()),
-            *(phrases[1] for phrases in JOBS.values()), *(hobby[2] for hobby in HOBBIES),
-            "a meal at", "you can eat", "reviewers give", "is run as", "has a house in"]
+    return [item for group in held_out_groups(world).values() for item in group]
+
+
+def held_out_kinds(text: str, world: World) -> tuple[str, ...]:
+    """The kinds of held-out strings ``text`` contains, in ``HELD_OUT_KINDS`` order: ``("words",
+    "phrasings")`` for a review in a held-out frame with a held-out word; ``()`` for a train example."""
+    return tuple(kind for kind, items in held_out_groups(world).items() if any(contains_phrase(text, item) for item in items))
+
+
+def uses_held_out(text: str, world: World) -> bool:
+    """Does ``text`` contain a held-out value, word, name or phrasing (what train never shows)?"""
+    return any(contains_phrase(text, item) for item in held_out_strings(world))
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """Does ``phrase`` occur in ``text`` as whole words ("Thai" in "Thai food", not in "Thailand")?"""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
 def sentiment_example(world: World, choices: Choices, label: str, rng: random.Random) -> dict[str, str]:
