@@ -12,8 +12,9 @@ splits the accuracy by the kinds of held-out strings in each input::
 It prints a table with a row per combination of kinds (``words + phrasings``: a review in a
 held-out frame that also uses a held-out word), the number of test examples in it, and a column per
 method (the mean accuracy of its runs). A run written before train.py wrote its predictions gets
-them with ``python train.py --eval-only --resume DIR`` (``eval_predictions.jsonl``, read as well). Only classification tasks (accuracy is a score per example)
-made by ``minipeft.world`` (which knows what it held out) can be split.
+them with ``python train.py --eval-only --resume DIR`` (``eval_predictions.jsonl``, read as well).
+Only classification tasks (accuracy is a score per example) made by ``minipeft.world`` (which knows
+what it held out) can be split.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import sys
 from pathlib import Path
 
 from .results import method_label
+from .training import EVAL_FILE, EVAL_PREDICTIONS_FILE, METRICS_FILE, PREDICTIONS_FILE
 from .world import HELD_OUT_KINDS, TASKS, build_world, held_out_kinds
 
 # what train.py writes into --out: after training, and after --eval-only --resume DIR
-RUN_FILES = (("metrics.json", "predictions.jsonl"), ("eval.json", "eval_predictions.jsonl"))
+RUN_FILES = ((METRICS_FILE, PREDICTIONS_FILE), (EVAL_FILE, EVAL_PREDICTIONS_FILE))
 
 
 class HeldOutError(Exception):

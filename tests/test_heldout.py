@@ -73,7 +73,8 @@ def test_runs_that_cannot_be_split_are_refused_with_the_fix(tmp_path, the_world)
     (e2e / "metrics.json").write_text(json.dumps(record | {"task": "e2e", "kind": "table-to-text"}))
     with pytest.raises(heldout.HeldOutError, match="only the world's classification tasks"):
         heldout.table([e2e], the_world)
-    mixed = [write_run(tmp_path / "s", lambda e: e["target"]), write_run(tmp_path / "n", lambda e: e["target"], task="nli")]
+    mixed = [write_run(tmp_path / "s", lambda e: e["target"]),
+             write_run(tmp_path / "n", lambda e: e["target"], task="nli")]
     with pytest.raises(heldout.HeldOutError, match="different tasks"):
         heldout.table(mixed, the_world)
     own = write_run(tmp_path / "own", lambda e: e["target"])

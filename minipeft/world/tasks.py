@@ -80,7 +80,8 @@ def held_out_groups(world: World) -> dict[str, list[str]]:
     return {
         "words": list(HELD_OUT.words),
         "phrasings": [*HELD_OUT_FRAME_MARKS, *HELD_OUT.verdicts(),
-                      *(phrases[-1] for phrases in AREAS.values()), *(phrases[-1] for phrases in FAMILY_PHRASES.values()),
+                      *(phrases[-1] for phrases in AREAS.values()),
+                      *(phrases[-1] for phrases in FAMILY_PHRASES.values()),
                       *(phrases[1] for phrases in JOBS.values()), *(hobby[2] for hobby in HOBBIES),
                       "a meal at", "you can eat", "reviewers give", "is run as", "has a house in"],
         "values": [*HELD_OUT.foods, *HELD_OUT.areas, *HELD_OUT.jobs, *HELD_OUT.towns, *HELD_OUT.dishes,
@@ -96,7 +97,8 @@ def held_out_strings(world: World) -> list[str]:
 def held_out_kinds(text: str, world: World) -> tuple[str, ...]:
     """The kinds of held-out strings ``text`` contains, in ``HELD_OUT_KINDS`` order: ``("words",
     "phrasings")`` for a review in a held-out frame with a held-out word; ``()`` for a train example."""
-    return tuple(kind for kind, items in held_out_groups(world).items() if any(contains_phrase(text, item) for item in items))
+    return tuple(kind for kind, items in held_out_groups(world).items()
+                 if any(contains_phrase(text, item) for item in items))
 
 
 def uses_held_out(text: str, world: World) -> bool:
