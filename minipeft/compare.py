@@ -29,7 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from .results import method_label
+from .results import base_label, method_label, score_scale
 from .training import METRICS_FILE
 
 
@@ -44,22 +44,23 @@ def read_record(directory: str | Path) -> dict:
         raise CompareError(f"{directory}: no {METRICS_FILE}; pass the --out directory of a finished train.py run "
                            f"(an interrupted one continues with: python train.py --resume {directory})")
     record = json.loads(path.read_text())
-    if "score" not in record or "seed" not in record:
+    if any(key not in record for key in ("score", "seed", "metrics")):
         raise CompareError(f"{path}: no test score or seed in it; is it a train.py metrics.json?")
     return record
 
 
 def group_by_configuration(records: list[dict]) -> dict[tuple[str, str, str], dict[int, float]]:
-    """{(base, task, method label): {seed: test score}}; two runs of one configuration and seed refused."""
+    """{(base, task, method label): {seed: test score, accuracy in %}}; two runs of one configuration
+    and seed refused."""
     groups: dict[tuple[str, str, str], dict[int, float]] = {}
     for record in records:
-        base = record["model"] + (" (random)" if record.get("random_base") else "")
+        base = base_label(record["model"], record.get("random_base", False))
         key = (base, record["task"], method_label(record))
         scores = groups.setdefault(key, {})
         if record["seed"] in scores:
             raise CompareError(f"two runs of {key[2]} on {base} {key[1]} with seed {record['seed']}: "
                                f"pass each configuration's seed once")
-        scores[record["seed"]] = record["score"]
+        scores[record["seed"]] = score_scale(record) * record["score"]
     return groups
 
 
@@ -111,14 +112,14 @@ def comparison_table(groups: dict[tuple[str, str, str], dict[int, float]], goal:
         if not seeds:
             raise CompareError(f"{label} on {base} {task} (seeds {sorted(scores)}) shares no seed with full "
                                f"fine-tuning (seeds {sorted(full)}): the comparison pairs runs by seed")
-        method_scores = [100 * scores[s] for s in seeds]
+        method_scores = [scores[s] for s in seeds]
         row = [base, task, label, f"{len(seeds)} ({', '.join(map(str, seeds))})",
                " ".join(f"{x:.1f}" for x in method_scores),
                f"{statistics.mean(method_scores):.1f} ({statistics.pstdev(method_scores):.1f})"]
         if label == "full":
             row += ["–", "–", "–"]
         else:
-            full_scores = [100 * full[s] for s in seeds]
+            full_scores = [full[s] for s in seeds]
             low, high = paired_bootstrap(method_scores, full_scores, draws)
             row += [f"{100 * ratio_of_means(method_scores, full_scores):.1f}%",
                     f"{100 * low:.1f} … {100 * high:.1f}%", verdict(low, high, goal)]

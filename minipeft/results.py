@@ -68,6 +68,11 @@ def short_option_text(value, words: int = 3) -> str:
     return option_text(value)
 
 
+def score_scale(record: dict) -> int:
+    """100 for an accuracy (a fraction, shown in %), 1 for BLEU (already 0–100)."""
+    return 100 if "accuracy" in record["metrics"] else 1
+
+
 def format_score(record: dict) -> str:
     metrics = record["metrics"]
     if "accuracy" in metrics:
@@ -110,7 +115,7 @@ def seed_table(records: list[dict]) -> str:
     for key, group in runs.items():
         label, model, random_base, task = key
         full = mean.get(("full", model, random_base, task))
-        scale = 100 if "accuracy" in group[0]["metrics"] else 1
+        scale = score_scale(group[0])
         name = "accuracy" if scale == 100 else "BLEU"
         scores = [scale * r["score"] for r in group]
         lines.append(" | ".join([

@@ -8,11 +8,11 @@ import pytest
 from minipeft import compare
 
 
-def write_run(directory, method, seed, score, task="sentiment", options=None):
+def write_run(directory, method, seed, score, task="sentiment", options=None, score_name="accuracy"):
     """A finished train.py output directory: only metrics.json matters here."""
     directory.mkdir(parents=True)
     record = {"method": method, "model": "tiny-t5", "task": task, "random_base": False, "options": options or {},
-              "seed": seed, "score": score, "score_name": "accuracy", "metrics": {"accuracy": score}}
+              "seed": seed, "score": score, "score_name": score_name, "metrics": {score_name: score}}
     (directory / "metrics.json").write_text(json.dumps(record))
     return directory
 
@@ -94,3 +94,11 @@ def test_the_same_seed_twice_is_refused(tmp_path):
     runs = [write_run(tmp_path / "x", "full", 0, 0.8), write_run(tmp_path / "y", "full", 0, 0.81)]
     with pytest.raises(compare.CompareError, match="seed 0"):
         compare.group_by_configuration([compare.read_record(d) for d in runs])
+
+
+def test_bleu_is_shown_as_it_is_and_accuracy_in_percent(tmp_path):
+    runs = write_seeds(tmp_path, "full", {0: 70.0, 1: 72.0}, task="e2e", score_name="bleu")
+    runs += write_seeds(tmp_path / "a", "lora", {0: 63.0, 1: 64.8}, task="e2e", score_name="bleu")
+    table = compare.comparison_table(compare.group_by_configuration([compare.read_record(d) for d in runs]))
+    lora_row = next(line for line in table.splitlines() if "| lora |" in line)
+    assert "| 63.0 64.8 | 63.9 (0.9) | 90.0% |" in lora_row
