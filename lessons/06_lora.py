@@ -35,6 +35,7 @@
 import inspect
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -163,6 +164,22 @@ print(f"max |LoRA − base|       = {(unmerged - without).abs().max().item():.2f
 restored = max((p - frozen_before[n.replace('.base_layer', '')]).abs().max().item()
                for n, p in base.named_parameters() if ".lora_" not in n)
 print(f"after unmerge, max |W − W_0| = {restored:.1e}")
+
+# %% [markdown]
+# ## 5. Taking the result elsewhere: a Hugging Face checkpoint
+#
+# Because LoRA only adds `(α/r) B A` to weights the base already has, the trained model fits in an
+# ordinary checkpoint of the base's architecture. `minipeft.save_hf` writes `W_0 + (α/r) B A` for each
+# adapted layer (merged or not, leaving `peft` as it is) under the checkpoint's own names, the
+# converter's key map read backwards; `transformers`' `from_pretrained` or our `load_hf` read it.
+
+# %%
+with tempfile.TemporaryDirectory() as directory:
+    minipeft.save_hf(peft, directory)
+    exported = minipeft.load_hf(directory)
+    with torch.no_grad():
+        reloaded = exported(input_ids=source, decoder_input_ids=base.shift_right(labels))
+    print(f"max |reloaded − LoRA| = {(reloaded - unmerged).abs().max().item():.1e}")
 
 # %% [markdown]
 # The inference cost is measured, not assumed: `python -m minipeft.benchmarks.methods` times a

@@ -2,6 +2,7 @@
 
 Public API:
     load_hf(path)            a Hugging Face t5 / mt5 / gpt2 checkpoint directory → our model
+    save_hf(model, path)     and back: our model (LoRA folded in) → a checkpoint directory (export.py)
     T5Model, T5Config        the encoder-decoder (t5.py)
     GPT, GPTConfig           the decoder-only model (gpt.py)
     T5Tokenizer, GPT2Tokenizer
@@ -9,6 +10,7 @@ Public API:
 """
 
 from .convert import CheckpointError, load_hf
+from .export import ExportError, save_hf
 from .gpt import GPT, GPTConfig
 from .methods import get_peft
 from . import optim  # noqa: F401  (minipeft.optim.AdamW, …)
@@ -16,5 +18,5 @@ from .shapes import Dims, ShapeError, check_shape
 from .t5 import T5Config, T5Model
 from .tokenizers import GPT2Tokenizer, T5Tokenizer
 
-__all__ = ["load_hf", "CheckpointError", "T5Model", "T5Config", "GPT", "GPTConfig", "Dims", "ShapeError",
+__all__ = ["load_hf", "save_hf", "CheckpointError", "ExportError", "T5Model", "T5Config", "GPT", "GPTConfig", "Dims", "ShapeError",
            "check_shape", "T5Tokenizer", "GPT2Tokenizer", "get_peft"]

@@ -135,9 +135,10 @@ class GPT2Tokenizer:
     """Byte-level BPE tokenizer read from GPT-2's ``vocab.json`` and ``merges.txt``."""
 
     def __init__(self, vocab_file: str | Path, merges_file: str | Path, eos_token: str = "<|endoftext|>"):
-        self.token_ids = read_vocab(Path(vocab_file))  # token → id
+        self.vocab_file, self.merges_file = Path(vocab_file), Path(merges_file)
+        self.token_ids = read_vocab(self.vocab_file)  # token → id
         self.tokens = {token_id: token for token, token_id in self.token_ids.items()}
-        merges = read_merges(Path(merges_file), self.token_ids)
+        merges = read_merges(self.merges_file, self.token_ids)
         self.merge_rank = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_to_char = bytes_to_unicode()
         self.char_to_byte = {char: byte for byte, char in self.byte_to_char.items()}
