@@ -10,7 +10,6 @@ Public API:
 """
 
 from .convert import CheckpointError, load_hf
-from .export import ExportError, save_hf
 from .gpt import GPT, GPTConfig
 from .methods import get_peft
 from . import optim  # noqa: F401  (minipeft.optim.AdamW, …)
@@ -20,3 +19,12 @@ from .tokenizers import GPT2Tokenizer, T5Tokenizer
 
 __all__ = ["load_hf", "save_hf", "CheckpointError", "ExportError", "T5Model", "T5Config", "GPT", "GPTConfig", "Dims", "ShapeError",
            "check_shape", "T5Tokenizer", "GPT2Tokenizer", "get_peft"]
+
+
+def __getattr__(name):
+    """``minipeft.save_hf`` and ``minipeft.ExportError``, imported on first use: export.py is also a
+    command (``python -m minipeft.export``), which runpy warns about if the package imported it already."""
+    if name in ("save_hf", "ExportError"):
+        from . import export
+        return getattr(export, name)
+    raise AttributeError(f"module 'minipeft' has no attribute {name!r}")
