@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .convert import TRANSPOSED, gpt2_key_map, t5_key_map
 from .gpt import GPT
 from .methods.base import MethodLayer, PeftModel
@@ -156,18 +155,6 @@ def hf_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, to
 
 # ---- writing -------------------------------------------------------------------------------------
 
-def write_atomically(path: Path, write):
-    """``write(temporary)``, then rename onto ``path``: the old file or the whole new one, never half."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def tokenizer_files(tokenizer) -> dict[str, Path]:
     """The files a tokenizer was read from, under the names a checkpoint directory gives them."""
     if isinstance(tokenizer, T5Tokenizer):
@@ -190,10 +177,10 @@ def save_hf(model: nn.Module, path, tokenizer=None) -> Path:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file: save_hf writes a checkpoint *directory*")
     path.mkdir(parents=True, exist_ok=True)
-    write_atomically(path / WEIGHTS_FILE, lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}))
+    atomic_write(path / WEIGHTS_FILE, lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}))
     for name, source in files.items():
-        write_atomically(path / name, lambda temporary, source=source: shutil.copyfile(source, temporary))
-    write_atomically(path / CONFIG_FILE, lambda temporary: Path(temporary).write_text(json.dumps(config, indent=2) + "\n"))
+        atomic_write(path / name, lambda temporary, source=source: shutil.copyfile(source, temporary))
+    atomic_write(path / CONFIG_FILE, lambda temporary: Path(temporary).write_text(json.dumps(config, indent=2) + "\n"))
     return path
 
 

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import bases
+from .atomic import atomic_write
 from .convert import load_hf
 from .methods import METHODS, count_parameters, get_peft, load_trained, save_trained
 from .methods.base import read_checkpoint
@@ -442,19 +442,6 @@ def score_name(kind: str) -> str:
 
 
 # -- files --------------------------------------------------------------------------------------
-
-def atomic_write(path: Path, write):
-    """``write(temporary_path)``, then rename onto ``path``: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
 
 def write_json(path: Path, record: dict):
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record, indent=2) + "\n"))

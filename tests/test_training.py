@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -16,6 +18,7 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from tiny_runs import subprocess_pythonpath, t5_dir, task, write_jsonl, write_task  # noqa: F401 (fixtures); first
 from minipeft import training
+from minipeft.atomic import atomic_write
 from minipeft.taskdata import Batcher, DataError, Example, load_user_data, read_examples, task_kind
 from minipeft.tokenizers import T5Tokenizer
 from minipeft.training import PEFT_FILE, TrainConfig, TrainingError, global_batch_indices, run
@@ -163,6 +166,20 @@ def test_the_checkpoint_holds_only_the_trained_tensors(t5_dir, task, tmp_path):
     assert list(tensors) == ["model.lm_head.weight"]
     assert record["checkpoint_bytes"] == (tmp_path / PEFT_FILE).stat().st_size
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_written_files_get_the_mode_open_would_give_them(t5_dir, task, tmp_path):
+    """The temporary file behind each atomic write is private (mkstemp: 0600); the result must not be."""
+    previous = os.umask(0o022)
+    try:
+        run(config(t5_dir, task, tmp_path, method="lora", steps=1), log=quiet)
+        os.umask(0o077)
+        atomic_write(tmp_path / "private.txt", lambda temporary: Path(temporary).write_text("x"))
+    finally:
+        os.umask(previous)
+    for name in (PEFT_FILE, "metrics.json", "predictions.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("select", ["last", "best-dev"])

@@ -20,13 +20,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from ..atomic import atomic_write
 
 CHECKPOINT_FORMAT = "minipeft-peft/1"
 
@@ -197,16 +198,7 @@ def save_trained(peft: PeftModel, path: str | os.PathLike, extra: dict | None = 
         "extra": json.dumps(extra or {}),
     }
     tensors = {name: tensor.contiguous().clone() for name, tensor in peft.trained_state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    path = atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
     return path.stat().st_size
 
 

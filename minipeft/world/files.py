@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .corpus import corpus_lines
 from .entities import World, build_world
 from .sentences import describe_restaurant, mr_string
@@ -102,17 +101,8 @@ def train_tokenizer(lines: list[str], vocab_size: int) -> bytes:
 
 
 def write_atomic(path: Path, content: bytes) -> None:
-    """Write to a temporary file next to ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; data files are for everyone to read
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    """Write ``content`` to ``path`` through a temporary file: never a half-written file (``atomic.py``)."""
+    atomic_write(path, lambda temporary: Path(temporary).write_bytes(content))
 
 
 def generate(out_dir: str | Path = DATA_DIR, seed: int = 0, sizes: Sizes = Sizes(), tokenizer: bool = True) -> list[Path]:
