@@ -142,7 +142,8 @@ def hf_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, to
     ours_to_theirs = {ours: theirs for theirs, ours in key_map.items()}
     left_over = sorted(set(state) - set(ours_to_theirs))
     if left_over:
-        raise ExportError(f"tensors with no place in a {type(model).__name__} checkpoint: {left_over[:10]}")
+        raise ExportError(f"tensors with no place in a {type(model).__name__} checkpoint: {left_over[:10]} "
+                          f"(a method's layers? pass the PeftModel that get_peft returned, not its .model)")
     tensors = {}
     for ours, theirs in ours_to_theirs.items():
         tensor = state[ours].detach()

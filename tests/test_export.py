@@ -143,6 +143,8 @@ def test_bad_targets_are_refused(transformers, tmp_path):
         lora = with_trained_lora(checkpoint(transformers, tmp_path, "t5"), ["q"])
         with lora.disabled():
             save_hf(lora, tmp_path / "exported")
+    with pytest.raises(ExportError, match="pass the PeftModel"):
+        save_hf(lora.model, tmp_path / "exported")                   # the LoRA layers without their method
     with pytest.raises(ExportError, match="T5Model or a GPT"):
         save_hf(torch.nn.Linear(2, 2), tmp_path / "exported")
     (tmp_path / "a_file").write_text("")
