@@ -202,6 +202,9 @@ class TrainConfig:
             raise TrainingError(f"unknown selection {self.select!r}: choose one of {', '.join(SELECTIONS)}")
         if self.lr is not None and not self.lr > 0:
             raise TrainingError(f"the learning rate must be positive, got {self.lr}")
+        if self.clip is not None and not self.clip >= 0:
+            raise TrainingError(f"clip (the largest gradient norm) must be positive, got {self.clip}; "
+                                f"0 or None turns clipping off")
 
     @property
     def task_defaults(self) -> dict:
@@ -299,7 +302,22 @@ def method_options(config: TrainConfig) -> dict:
     return options
 
 
+def max_sequence_length(model, config: TrainConfig) -> int:
+    """The longest sequence a run allows: ``--max-length``, else T5's 512 or GPT's ``n_positions``
+    (which also bounds ``--max-length`` on GPT, whose learned position table has that many rows)."""
+    if model.is_encoder_decoder:
+        return config.max_length or 512
+    return min(config.max_length or model.config.n_positions, model.config.n_positions)
+
+
 def attach_method(model, config: TrainConfig):
+    virtual_tokens = method_options(config).get("num_virtual_tokens")
+    if isinstance(virtual_tokens, int) and virtual_tokens > max_sequence_length(model, config):
+        # on T5 nothing else would stop it: a prefix started from words would first run the encoder
+        # over all m of them (m = 100,000 asks for 80 GB)
+        raise TrainingError(f"num_virtual_tokens={virtual_tokens} is longer than the longest sequence this run "
+                            f"allows ({max_sequence_length(model, config)} tokens, --max-length): the papers use "
+                            f"1 to a few hundred; choose fewer")
     try:
         return get_peft(model, config.method, **method_options(config))
     except (ValueError, TypeError) as error:   # unknown method or option, bad option value
@@ -311,10 +329,8 @@ def make_batcher(peft, tokenizer, config: TrainConfig) -> Batcher:
     if tokenizer.eos_token_id != model.config.eos_token_id or tokenizer.vocab_size > model.config.vocab_size:
         raise TrainingError(f"the tokenizer (eos {tokenizer.eos_token_id}, {tokenizer.vocab_size} tokens) does not "
                             f"fit the model (eos {model.config.eos_token_id}, vocabulary {model.config.vocab_size})")
-    if model.is_encoder_decoder:
-        limit = config.max_length or 512
-    else:  # learned positions: n_positions, less any virtual tokens the method puts in front
-        limit = min(config.max_length or model.config.n_positions, model.config.n_positions)
+    limit = max_sequence_length(model, config)
+    if not model.is_encoder_decoder:  # learned positions: less any virtual tokens the method puts in front
         limit -= getattr(peft.options, "num_virtual_tokens", 0)
     return Batcher(tokenizer, model.is_encoder_decoder, limit, model.config.pad_token_id, tokenizer.eos_token_id)
 

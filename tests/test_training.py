@@ -249,6 +249,23 @@ def test_an_unknown_selection_is_refused():
         TrainConfig(select="best")
 
 
+def test_a_negative_clip_is_refused():
+    with pytest.raises(TrainingError, match="clip .* must be positive, got -1.*turns clipping off"):
+        TrainConfig(clip=-1.0)
+
+
+@pytest.mark.parametrize("method, max_length", [("prefix", None), ("prompt", 16)])
+def test_more_virtual_tokens_than_the_run_allows_are_refused_before_they_are_built(t5_dir, task, tmp_path,
+                                                                                  method, max_length):
+    # 100,000 prefix tokens started from words would first ask for ~80 GB; the refusal comes before
+    count = 100_000 if max_length is None else 17
+    with pytest.raises(TrainingError, match=f"num_virtual_tokens={count} is longer than .* "
+                                            f"\\({max_length or 512} tokens, --max-length\\)"):
+        run(config(t5_dir, task, tmp_path, method=method, max_length=max_length,
+                   options={"num_virtual_tokens": count, **({"prefix_init_text": "good bad"} if method == "prefix" else {})}),
+            log=quiet)
+
+
 def test_a_different_base_is_refused(t5_dir, task, tmp_path):
     run(config(t5_dir, task, tmp_path, method="probe"), log=quiet)
     with pytest.raises(TrainingError, match="trained on a different base model"):
