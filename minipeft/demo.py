@@ -14,6 +14,7 @@ With ``--weights DIR`` the demo instead loads a real Hugging Face T5 checkpoint 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -75,7 +76,10 @@ def run_reversal(steps: int):
 def run_checkpoint(path: str, prompt: str):
     from .convert import load_hf
     from .tokenizers import T5Tokenizer
-    model, tokenizer = load_hf(path), T5Tokenizer.from_dir(path)
+    model = load_hf(path)
+    if not model.is_encoder_decoder:
+        raise ValueError(f"{path} holds a {type(model).__name__}; the demo runs a T5 checkpoint (t5 / mt5)")
+    tokenizer = T5Tokenizer.from_dir(path)
     batch = tokenizer([prompt])
     output = model.generate(batch["input_ids"], max_new_tokens=40, attention_mask=batch["attention_mask"], num_beams=4)
     print(f"{prompt}\n→ {tokenizer.decode(output[0].tolist())}")
@@ -87,12 +91,19 @@ def main(argv=None):
     parser.add_argument("--weights", help="a Hugging Face T5 checkpoint directory to run instead")
     parser.add_argument("--prompt", default="translate English to German: The house is wonderful.")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     if args.weights:
-        run_checkpoint(args.weights, args.prompt)
+        try:
+            run_checkpoint(args.weights, args.prompt)
+        except (ValueError, OSError) as error:     # not a checkpoint, a missing file, a GPT checkpoint
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     else:
         run_reversal(args.steps)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -227,6 +227,16 @@ def main(argv=None) -> int:
     if not tasks:
         print("error: no tasks found in data/tasks; generate them first (see data/README.md)", file=sys.stderr)
         return 2
+    unknown = [task for task in tasks if task not in task_names()]
+    if unknown:
+        print(f"error: no task {', '.join(map(repr, unknown))} in data/tasks; available: {', '.join(task_names())}",
+              file=sys.stderr)
+        return 2
+    try:   # the flags every run shares are checked once, before the first run
+        TrainConfig(steps=args.steps, batch_size=args.batch_size)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.readme:
         grid = [cell for cell in readme_grid(tasks) if cell[3] in args.methods]
     else:

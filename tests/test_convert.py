@@ -183,3 +183,16 @@ def test_gpt2_with_unsupported_options(transformers, tmp_path):
     hf.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         minipeft.load_hf(tmp_path)
+
+
+def test_demo_with_a_bad_checkpoint_says_why(small_t5, transformers, tmp_path, capsys):
+    from minipeft import demo
+    assert demo.main(["--weights", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    hf_gpt2(transformers, vocab_size=100, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+            eos_token_id=99, bos_token_id=99).save_pretrained(tmp_path / "gpt2")
+    assert demo.main(["--weights", str(tmp_path / "gpt2")]) == 2
+    assert "holds a GPT; the demo runs a T5 checkpoint" in capsys.readouterr().err
+    _, path = small_t5                                     # a T5 without spiece.model
+    assert demo.main(["--weights", str(path)]) == 2
+    assert "spiece.model not found" in capsys.readouterr().err

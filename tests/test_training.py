@@ -516,3 +516,15 @@ def test_a_table_names_a_run_s_options_and_shortens_a_text_option():
     assert method_label({"method": "prefix", "options": {"prefix_init_text": "review positive negative good bad"}}) == \
         "prefix prefix_init_text=review positive negative …"
     assert method_label({"method": "full", "options": {}}) == "full"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tasks", "nope"], "no task 'nope' in data/tasks; available:"),
+    (["--tasks", "sentiment", "--steps", "0"], "steps must be at least 1, got 0"),
+    (["--tasks", "sentiment", "--batch-size", "0"], "batch_size must be at least 1, got 0"),
+])
+def test_results_refuses_bad_flags_before_the_first_run(flags, message, tmp_path, capsys):
+    from minipeft import results
+    assert results.main(["--methods", "full", "--out", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
