@@ -57,6 +57,13 @@ class GenerationMixin:
             raise ValueError("generate needs input_ids (B, S) or inputs_embeds (B, S, C)")
         if num_beams > 1 and do_sample:
             raise ValueError("beam search is deterministic: use num_beams=1 with do_sample=True")
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1 (1: greedy or sampling), got {num_beams}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (or None: sample from the whole vocabulary), got {top_k}")
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, S), got shape {tuple(input_ids.shape)}: "
+                             f"for one sequence pass ids[None]")
         batch, prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         self.check_generation_length(prompt_length, max_new_tokens)
         with packed_for_decoding(self, rows=batch * num_beams):

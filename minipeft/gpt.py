@@ -129,6 +129,7 @@ class GPT(GenerationMixin, nn.Module):
         embeds = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length, _ = Dims("GPT input", C=self.config.n_embd).check("inputs_embeds", embeds, "B T C").shape
         past = cache[0].length if cache is not None else 0
+        padding = None if attention_mask is None else padding_mask(attention_mask, embeds.dtype, batch, past + length)
         if position_ids is None:
             position_ids = self.position_ids(attention_mask, past, length, embeds.device)
         if int(position_ids.max()) >= self.config.n_positions:
@@ -138,8 +139,8 @@ class GPT(GenerationMixin, nn.Module):
 
         # The mask every block shares, (B|1, 1, T, S): causal, plus padding when given.
         mask = causal_mask(length, past + length, x.dtype, x.device)
-        if attention_mask is not None:
-            mask = (mask + padding_mask(attention_mask, x.dtype)).clamp(min=torch.finfo(x.dtype).min)
+        if padding is not None:
+            mask = (mask + padding).clamp(min=torch.finfo(x.dtype).min)
         for i, block in enumerate(self.blocks):
             layer_prefix = prefix_kv[i] if prefix_kv is not None else None
             prefix_length = 0 if layer_prefix is None else layer_prefix[0].shape[2]

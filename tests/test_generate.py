@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from minipeft import GPT, GPTConfig, T5Config, T5Model
+from minipeft.shapes import ShapeError
 
 T5_TINY = T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
 GPT_TINY = GPTConfig(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4, eos_token_id=49, pad_token_id=49)
@@ -111,3 +112,14 @@ def test_bad_arguments(model):
         model.generate(x, max_new_tokens=2, do_sample=True, temperature=0.0)
     with pytest.raises(ValueError, match="needs input_ids"):
         model.generate(max_new_tokens=2)
+    with pytest.raises(ValueError, match="num_beams must be at least 1"):
+        model.generate(x, max_new_tokens=2, num_beams=0)
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        model.generate(x, max_new_tokens=2, do_sample=True, top_k=0)
+    with pytest.raises(ValueError, match=r"input_ids must be \(B, S\), got shape \(6,\).*ids\[None\]"):
+        model.generate(x[0], max_new_tokens=2)
+    with pytest.raises(ShapeError, match="attention_mask has shape \\(2, 5\\).*dimension S is 5 but 6"):
+        model.generate(x, max_new_tokens=2, attention_mask=torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(ShapeError, match="attention_mask has shape \\(3, 6\\).*dimension B is 3 but 2"):
+        decoder = dict(decoder_input_ids=x[:, :2]) if model.is_encoder_decoder else {}
+        model(input_ids=x, attention_mask=torch.ones(3, 6, dtype=torch.long), **decoder)

@@ -189,8 +189,14 @@ class GPTAttention(nn.Module):
         return self.c_proj(merge_heads(out))                                 # (B, T, C)
 
 
-def padding_mask(attention_mask, dtype):
-    """(B, S) of 1 = token, 0 = padding → additive (B, 1, 1, S): 0 or the dtype's minimum."""
+def padding_mask(attention_mask, dtype, batch: int | None = None, length: int | None = None):
+    """(B, S) of 1 = token, 0 = padding → additive (B, 1, 1, S): 0 or the dtype's minimum.
+
+    ``batch`` and ``length``, where given, are what the mask must cover (B rows, S keys, cached ones
+    included): the models pass them, so a mask of another shape is refused here, with both shapes,
+    not deep inside the attention."""
+    expected = {name: size for name, size in (("B", batch), ("S", length)) if size is not None}
+    Dims("attention mask (1 = token, 0 = padding)", **expected).check("attention_mask", attention_mask, "B S")
     blocked = attention_mask[:, None, None, :] == 0
     return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(blocked, torch.finfo(dtype).min)
 

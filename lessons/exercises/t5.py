@@ -192,9 +192,10 @@ class T5Stack(nn.Module):
         if self.is_decoder:
             self_mask = self_mask + causal_mask(length, key_length, embeds.dtype, embeds.device)
         if attention_mask is not None:
-            self_mask = self_mask + padding_mask(attention_mask, embeds.dtype)
+            self_mask = self_mask + padding_mask(attention_mask, embeds.dtype, batch, key_length)
         self_mask = self_mask.clamp(min=torch.finfo(embeds.dtype).min)
-        cross_mask = None if encoder_mask is None else padding_mask(encoder_mask, embeds.dtype)
+        cross_mask = None if encoder_mask is None else padding_mask(encoder_mask, embeds.dtype,
+                                                                    batch, encoder_out.shape[1])
 
         x = self.dropout(embeds)
         for i, block in enumerate(self.blocks):
