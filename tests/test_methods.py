@@ -28,6 +28,14 @@ def test_unknown_option_names_the_valid_ones():
         get_peft(tiny("t5"), "full", r=8)
 
 
+def test_a_second_method_on_the_same_model_is_refused():
+    peft = get_peft(tiny("t5"), "lora", target_modules=["q", "v"])
+    with pytest.raises(ValueError, match="already has method 'lora' attached.*load the base again"):
+        get_peft(peft, "prefix")
+    with pytest.raises(ValueError, match="already has a method's layers attached"):
+        get_peft(peft.model, "adapter")                   # the base, its LoRA layers still inside
+
+
 @pytest.mark.parametrize("kind", ["t5", "gpt"])
 def test_full_trains_everything(kind):
     model = tiny(kind)
