@@ -59,6 +59,11 @@ T5_CONTROL_TOKENS = {"<pad>": 0, "</s>": 1, "<unk>": 2}
 WORD_START = "▁"  # SentencePiece's mark for "a space came before this piece"
 
 
+def check_text(text) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"a tokenizer encodes text (str), got {type(text).__name__}: {text!r:.60}")
+
+
 class T5Tokenizer:
     """SentencePiece unigram tokenizer with T5's pad/eos/unk ids and sentinels."""
 
@@ -98,6 +103,7 @@ class T5Tokenizer:
 
     def encode(self, text: str, add_eos: bool = True) -> list[int]:
         """Ids of ``text``: special tokens written in it by name, SentencePiece for the rest."""
+        check_text(text)
         ids = []
         for part in self.special_token_pattern.split(text):
             if part in self.special_token_ids:
@@ -168,6 +174,7 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` (no token added): ``<|endoftext|>`` by name, BPE word by word for the rest."""
+        check_text(text)
         ids = []
         for part in self.special_token_pattern.split(text):
             if part == self.eos_token:

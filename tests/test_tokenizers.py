@@ -193,3 +193,11 @@ def test_gpt2_too_long_text_is_an_error_unless_truncated(gpt2_dir):
     with pytest.raises(ValueError, match="text 0 is .* tokens long"):
         tokenizer([SAMPLE_LINES[0]], max_length=3)
     assert tokenizer([SAMPLE_LINES[0]], max_length=3, truncation=True)["input_ids"].shape == (1, 3)
+
+
+def test_non_text_input_is_named(t5_dir, gpt2_dir):
+    for tokenizer in (T5Tokenizer.from_dir(t5_dir), GPT2Tokenizer.from_dir(gpt2_dir)):
+        with pytest.raises(TypeError, match="encodes text \\(str\\), got int: 5"):
+            tokenizer.encode(5)
+        with pytest.raises(TypeError, match="got bytes"):
+            tokenizer([b"the soup"])
