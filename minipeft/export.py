@@ -21,7 +21,8 @@ can be exported only when it changes those weights and adds nothing else:
 
 The same three conventions as on the way in: GPT-2's Conv1D weights are stored (in, out), so ours
 are transposed back; T5's relative position bias goes back into the first block's
-self-attention; a tied head is written once, as ``shared.weight`` / ``wte.weight``.
+self-attention; a tied head is written once, as ``shared.weight`` / ``wte.weight``. An mT5 is
+written with ``model_type`` ``t5``: the same architecture, which our config does not tell apart.
 Each file is written to a temporary name and renamed into place, so an interrupted export never
 leaves a half-written ``model.safetensors``.
 """
