@@ -182,6 +182,7 @@ def save_hf(model: nn.Module, path, tokenizer=None) -> Path:
     atomic_write(path / WEIGHTS_FILE, lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}))
     for name, source in files.items():
         atomic_write(path / name, lambda temporary, source=source: shutil.copyfile(source, temporary))
+    # config.json last: a directory without it is an unfinished export, and load_hf says so
     atomic_write(path / CONFIG_FILE, lambda temporary: Path(temporary).write_text(json.dumps(config, indent=2) + "\n"))
     return path
 
