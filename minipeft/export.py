@@ -14,7 +14,7 @@ can be exported only when it changes those weights and adds nothing else:
 
 * full fine-tuning, BitFit, the linear probe (a T5 head of its own): their trained tensors *are*
   base weights;
-* LoRA: each adapted layer is written with ``W = W_0 + (α/r) B A`` (F6.5, ``delta_weight``), merged
+* LoRA: each adapted layer is written with ``W = W_0 + (α/r) B A`` (F6.3 with F6.5's scaling, ``delta_weight``), merged
   or not; the live model is left as it is;
 * adapters, prompt, prefix and P-tuning add layers, tokens or keys that no T5 or GPT-2
   checkpoint has a place for: refused (save their trained tensors with ``save_trained``).
@@ -77,7 +77,7 @@ def base_state(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
                               f"that cannot be folded into the base weights (a non-linearity sits in between): "
                               f"save its trained tensors with save_trained instead")
         weight = module.base_layer.weight.detach()
-        if not module.merged:                                   # F6.5  W = W_0 + (α/r) B A
+        if not module.merged:                                   # F6.3, F6.5  W = W_0 + (α/r) B A
             weight = weight + module.delta_weight().detach()
         for key in [key for key in state if key.startswith(f"{name}.")]:
             del state[key]
