@@ -14,8 +14,8 @@ can be exported only when it changes those weights and adds nothing else:
 
 * full fine-tuning, BitFit, the linear probe (a T5 head of its own): their trained tensors *are*
   base weights;
-* LoRA: each adapted layer is written with ``W = W_0 + (α/r) B A`` (F6.3 with F6.5's scaling, ``delta_weight``), merged
-  or not; the live model is left as it is;
+* LoRA: each adapted layer is written with ``W = W_0 + (α/r) B A`` (F6.3 with F6.5's scaling,
+  ``delta_weight``), merged or not; the live model is left as it is;
 * adapters, prompt, prefix and P-tuning add layers, tokens or keys that no T5 or GPT-2
   checkpoint has a place for: refused (save their trained tensors with ``save_trained``).
 
