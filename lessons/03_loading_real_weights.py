@@ -208,6 +208,26 @@ try:
 except minipeft.CheckpointError as error:
     print("CheckpointError:", error)
 
+# %% [markdown]
+# ## 7. And back: `save_hf`
+#
+# The key map read from right to left writes our model as a checkpoint again (`export.py`): every
+# tensor under the checkpoint's name, GPT-2's four projections transposed back to Conv1D's
+# (in, out), T5's relative position bias returned to block 0's self-attention, a tied head written
+# once. transformers loads the result, so a model fine-tuned here can leave (lesson 6 exports a
+# LoRA model, folded into its weights).
+
+# %%
+minipeft.save_hf(gpt, workdir / "gpt2_exported")
+exported = load_file(workdir / "gpt2_exported" / "model.safetensors")
+original = load_file(workdir / "gpt2" / "model.safetensors")
+print(f"the names transformers wrote: {sorted(exported) == sorted(original)} ({len(exported)} tensors), "
+      f"the same numbers: {all(torch.equal(exported[name], original[name]) for name in original)}")
+print("c_attn stored (in, out) again:", tuple(exported["transformer.h.0.attn.c_attn.weight"].shape))
+back = transformers.GPT2LMHeadModel.from_pretrained(workdir / "gpt2_exported").eval()
+with torch.no_grad():
+    print(f"transformers on the exported directory: max |Δ logits| {(back(gpt_ids).logits - gpt(gpt_ids)).abs().max():.1e}")
+
 # %%
 shutil.rmtree(workdir)
 
