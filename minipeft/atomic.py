@@ -12,6 +12,7 @@ replaces ``path``, so checkpoints and results stay readable by the people they a
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,3 +39,8 @@ def atomic_write(path, write) -> Path:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def write_json(path, record: dict) -> Path:
+    """``record`` as indented JSON, written atomically."""
+    return atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record, indent=2) + "\n"))

@@ -30,14 +30,13 @@ leaves a half-written ``model.safetensors``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_json
 from .convert import TRANSPOSED, gpt2_key_map, t5_key_map
 from .gpt import GPT
 from .methods.base import MethodLayer, PeftModel
@@ -172,18 +171,18 @@ def save_hf(model: nn.Module, path, tokenizer=None) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file: save_hf writes a checkpoint *directory*")
     base, state = base_state(model)
     config = t5_hf_config(base) if isinstance(base, T5Model) else gpt2_hf_config(base)
     tensors = hf_tensors(base, state)
     files = tokenizer_files(tokenizer) if tokenizer is not None else {}
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} is a file: save_hf writes a checkpoint *directory*")
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS_FILE, lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}))
     for name, source in files.items():
         atomic_write(path / name, lambda temporary, source=source: shutil.copyfile(source, temporary))
     # config.json last: a directory without it is an unfinished export, and load_hf says so
-    atomic_write(path / CONFIG_FILE, lambda temporary: Path(temporary).write_text(json.dumps(config, indent=2) + "\n"))
+    write_json(path / CONFIG_FILE, config)
     return path
 
 

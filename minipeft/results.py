@@ -33,9 +33,9 @@ from .methods import method_names
 from .methods.base import base_fingerprint, read_checkpoint
 from .methods.registry import make_options
 from .taskdata import task_names
-from .atomic import atomic_write
+from .atomic import atomic_write, write_json
 from .training import HF_BASES, PEFT_FILE, TINY_BASES, TrainConfig, TrainingError, build_base, \
-    default_steps_text, method_options, option_text, run, write_json
+    default_steps_text, method_options, option_text, run
 
 COLUMNS = ("method", "base", "task", "steps", "trainable params", "trainable %", "checkpoint", "test score",
            "vs full", "train time")

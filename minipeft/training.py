@@ -50,7 +50,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import bases
-from .atomic import atomic_write
+from .atomic import atomic_write, write_json
 from .convert import load_hf
 from .methods import METHODS, count_parameters, get_peft, load_trained, save_trained
 from .methods.base import read_checkpoint
@@ -311,15 +311,15 @@ def max_sequence_length(model, config: TrainConfig) -> int:
 
 
 def attach_method(model, config: TrainConfig):
-    virtual_tokens = method_options(config).get("num_virtual_tokens")
-    if isinstance(virtual_tokens, int) and virtual_tokens > max_sequence_length(model, config):
+    options, limit = method_options(config), max_sequence_length(model, config)
+    virtual_tokens = options.get("num_virtual_tokens")
+    if isinstance(virtual_tokens, int) and virtual_tokens > limit:
         # on T5 nothing else would stop it: a prefix started from words would first run the encoder
         # over all m of them (m = 100,000 asks for 80 GB)
         raise TrainingError(f"num_virtual_tokens={virtual_tokens} is longer than the longest sequence this run "
-                            f"allows ({max_sequence_length(model, config)} tokens, --max-length): the papers use "
-                            f"1 to a few hundred; choose fewer")
+                            f"allows ({limit} tokens, --max-length): the papers use 1 to a few hundred; choose fewer")
     try:
-        return get_peft(model, config.method, **method_options(config))
+        return get_peft(model, config.method, **options)
     except (ValueError, TypeError) as error:   # unknown method or option, bad option value
         raise TrainingError(str(error)) from None
 
@@ -458,10 +458,6 @@ def score_name(kind: str) -> str:
 
 
 # -- files --------------------------------------------------------------------------------------
-
-def write_json(path: Path, record: dict):
-    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record, indent=2) + "\n"))
-
 
 def write_predictions(path: Path, samples):
     """The test set's ``(input, prediction, references)``, one JSON object a line: what the score

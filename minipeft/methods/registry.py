@@ -51,11 +51,13 @@ def get_peft(model: nn.Module, method: str, **options):
     The wrapper is an ``nn.Module`` called like the model; its parameters with
     ``requires_grad`` are exactly the ones the method trains.
     """
-    attached = model if isinstance(model, PeftModel) else None
-    if attached is None and any(isinstance(module, MethodLayer) for module in model.modules()):
-        attached = "a method's layers"
-    if attached is not None:
-        what = f"method {attached.name!r}" if isinstance(attached, PeftModel) else attached
-        raise ValueError(f"this model already has {what} attached: get_peft attaches one method to a base "
-                         f"model; load the base again (load_hf, bases.load_base) for {method!r}")
+    if isinstance(model, PeftModel):
+        refuse_second_method(f"method {model.name!r}", method)
+    if any(isinstance(module, MethodLayer) for module in model.modules()):
+        refuse_second_method("a method's layers", method)
     return method_class(method)(model, make_options(method, options))
+
+
+def refuse_second_method(attached: str, method: str):
+    raise ValueError(f"this model already has {attached} attached: get_peft attaches one method to a base "
+                     f"model; load the base again (load_hf, bases.load_base) for {method!r}")
