@@ -149,13 +149,7 @@ class PrefixTuning(PeftModel):
         m = self.options.num_virtual_tokens
         Dims("F5.6 P_θ", m=m, W=len(self.slots) * 2 * self.heads * self.head_dim).check("prefix", table, "m W")
         raise NotImplementedError("exercise: P_θ (m, S·2·H·D) → one (P_key, P_value) pair per slot, each (H, m, D), expanded to (B, H, m, D)")
-        if not self.is_encoder_decoder:
-            return pairs                                                               # [(K, V) per block]
-        structure = {stack: [{} for _ in getattr(self.model, stack).blocks]
-                     for stack in ("encoder", "decoder") if any(slot[0] == stack for slot in self.slots)}
-        for (stack, layer, kind), pair in zip(self.slots, pairs):
-            structure[stack][layer][kind] = pair
-        return structure
+        return arrange_prefix_kv(self.model, self.slots, pairs)
 
     def model_inputs(self, **inputs) -> dict:
         if self.options.embedding_only:
@@ -266,6 +260,19 @@ class PrefixTuning(PeftModel):
         output = self.prefix_mlp[2]
         solution = torch.linalg.pinv(hidden) @ (target - output.bias)                   # (h, width)
         output.weight.copy_(solution.T)
+
+
+def arrange_prefix_kv(model, slots, pairs):
+    """One (P_key, P_value) pair per slot, in slot order → the ``prefix_kv`` argument the model takes:
+    GPT a list, one pair per block; T5 ``{"encoder": [...], "decoder": [...]}``, one
+    ``{"self" | "cross": pair}`` per block."""
+    if not model.is_encoder_decoder:
+        return pairs                                                                   # [(K, V) per block]
+    structure = {stack: [{} for _ in getattr(model, stack).blocks]
+                 for stack in ("encoder", "decoder") if any(slot[0] == stack for slot in slots)}
+    for (stack, layer, kind), pair in zip(slots, pairs):
+        structure[stack][layer][kind] = pair
+    return structure
 
 
 def prefixed_attention_layers(model, options) -> list[tuple[str, int, str]]:

@@ -11,6 +11,7 @@ from .registry import METHODS, get_peft, method_names, register
 # Importing a method module registers it.
 from . import adapter, bitfit, full, lora, probe  # noqa: E402,F401  (isort: skip)
 from . import prefix, prompt, ptuning, ptuning_v2  # noqa: E402,F401  (isort: skip)
+from .mixed import MixedBatch  # noqa: E402  (several prompts / prefixes in one batch, F2.5 / F5.8)
 
 __all__ = ["PeftModel", "METHODS", "get_peft", "method_names", "register", "count_parameters",
-           "trainable_report", "save_trained", "load_trained", "base_fingerprint"]
+           "trainable_report", "save_trained", "load_trained", "base_fingerprint", "MixedBatch"]

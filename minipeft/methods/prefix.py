@@ -153,13 +153,7 @@ class PrefixTuning(PeftModel):
         pairs = [(kv[s, 0].expand(batch, -1, -1, -1), kv[s, 1].expand(batch, -1, -1, -1))
                  for s in range(len(self.slots))]                                      # S × 2 × (B, H, m, D)
         # end exercise
-        if not self.is_encoder_decoder:
-            return pairs                                                               # [(K, V) per block]
-        structure = {stack: [{} for _ in getattr(self.model, stack).blocks]
-                     for stack in ("encoder", "decoder") if any(slot[0] == stack for slot in self.slots)}
-        for (stack, layer, kind), pair in zip(self.slots, pairs):
-            structure[stack][layer][kind] = pair
-        return structure
+        return arrange_prefix_kv(self.model, self.slots, pairs)
 
     def model_inputs(self, **inputs) -> dict:
         if self.options.embedding_only:
@@ -270,6 +264,19 @@ class PrefixTuning(PeftModel):
         output = self.prefix_mlp[2]
         solution = torch.linalg.pinv(hidden) @ (target - output.bias)                   # (h, width)
         output.weight.copy_(solution.T)
+
+
+def arrange_prefix_kv(model, slots, pairs):
+    """One (P_key, P_value) pair per slot, in slot order → the ``prefix_kv`` argument the model takes:
+    GPT a list, one pair per block; T5 ``{"encoder": [...], "decoder": [...]}``, one
+    ``{"self" | "cross": pair}`` per block."""
+    if not model.is_encoder_decoder:
+        return pairs                                                                   # [(K, V) per block]
+    structure = {stack: [{} for _ in getattr(model, stack).blocks]
+                 for stack in ("encoder", "decoder") if any(slot[0] == stack for slot in slots)}
+    for (stack, layer, kind), pair in zip(slots, pairs):
+        structure[stack][layer][kind] = pair
+    return structure
 
 
 def prefixed_attention_layers(model, options) -> list[tuple[str, int, str]]:

@@ -108,7 +108,10 @@ class PromptTuning(PeftModel):
 # -- the input seam, shared with P-tuning v1 and the embedding-only prefix ablation ---------------------
 
 def prepend_prompt(model, prompt, inputs: dict) -> dict:
-    """F2.1  X' = [P; X]: the model's input embeddings with ``prompt`` (m, C) in front, mask extended."""
+    """F2.1  X' = [P; X]: the model's input embeddings with ``prompt`` in front, mask extended.
+
+    ``prompt`` is (m, C), one prompt for the whole batch, or (B, m, C), one per example (a mixed
+    batch, F2.5: ``mixed.py``)."""
     inputs = dict(inputs)
     input_ids, embeds = inputs.pop("input_ids", None), inputs.pop("inputs_embeds", None)
     if embeds is None:
@@ -116,8 +119,8 @@ def prepend_prompt(model, prompt, inputs: dict) -> dict:
             raise ValueError("a prompt is prepended to the input: pass input_ids (B, n) or inputs_embeds (B, n, C)")
         embeds = model.embed(input_ids)                                               # (B, n, C)
     dims = Dims("F2.1 X' = [P; X]", C=model_width(model))
-    dims.check("prompt P", prompt, "m C")
     dims.check("input embeddings X", embeds, "B n C")
+    dims.check("prompt P", prompt, "m C" if prompt.dim() == 2 else "B m C")
     batch, length, m = dims["B"], dims["n"], dims["m"]
     check_room_for_virtual_tokens(model, m, length)
     # exercise: F2.1 X' = [P; X] with P expanded over the batch (no copy), and m ones in front of the attention mask
