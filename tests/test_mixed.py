@@ -132,6 +132,48 @@ def test_the_mixed_batch_trains_nothing_and_moves_no_base_weight():
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
+# ---- F2.4: the prompt ensemble votes ---------------------------------------------------------------
+
+def ensemble_of_three(kind="t5", method="prompt"):
+    model = tiny(kind)
+    methods = {f"seed {seed}": trained(model, method, seed) for seed in (1, 2, 3)}
+    return methods, MixedBatch(model, methods)
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt"])
+def test_the_vote_is_the_answer_most_prompts_give(kind):
+    """F2.4: each input's answer is the one most of the N prompts give alone (ties: the first prompt's)."""
+    methods, ensemble = ensemble_of_three(kind)
+    ids = torch.randint(2, 64, (6, 5), generator=torch.Generator().manual_seed(4))
+    voted = ensemble.vote(ids, max_new_tokens=3)
+    alone = [peft.generate(ids, max_new_tokens=3) for peft in methods.values()]       # N × (B, ≤ 3)
+    length = max(answer.shape[1] for answer in alone)
+    alone = [torch.nn.functional.pad(answer, (0, length - answer.shape[1])) for answer in alone]
+    for b in range(len(ids)):
+        answers = [tuple(answer[b].tolist()) for answer in alone]
+        expected = max(answers, key=lambda answer: (answers.count(answer), -answers.index(answer)))
+        assert tuple(voted[b, :length].tolist()) == expected
+
+
+def test_two_of_three_outvote_one_and_a_tie_goes_to_the_first():
+    """The vote on outputs we choose: replace generate by a table of answers."""
+    methods, ensemble = ensemble_of_three()
+    answers = torch.tensor([[[5, 1], [6, 1], [6, 1]],       # input 0: the 2nd and 3rd agree → [6, 1]
+                            [[7, 1], [8, 1], [9, 1]],       # input 1: all differ → the first, [7, 1]
+                            [[4, 1], [3, 1], [4, 1]]])      # input 2: the 1st and 3rd agree → [4, 1]
+    ensemble.generate = lambda input_ids, tasks, *args, **kwargs: answers.flatten(0, 1)
+    voted = ensemble.vote(torch.zeros(3, 2, dtype=torch.long))
+    assert voted.tolist() == [[6, 1], [7, 1], [4, 1]]
+
+
+def test_an_ensemble_of_one_is_that_prompt():
+    model = tiny("t5")
+    peft = trained(model, "prefix", 1)
+    ids = torch.randint(2, 64, (3, 5), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(MixedBatch(model, {"only": peft}).vote(ids, max_new_tokens=4),
+                       peft.generate(ids, max_new_tokens=4))
+
+
 # ---- bad input ---------------------------------------------------------------------------------------
 
 def test_refuses_methods_that_change_layers():

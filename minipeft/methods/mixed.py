@@ -7,6 +7,8 @@ own table. The documents name this as a property of the methods (../shared/FORMU
 
     F2.5  mixed-task batch: one frozen model, a different prompt per example in one batch
     F5.8  personalisation: N prefixes, one per user, run in one mixed batch
+    F2.4  prompt ensemble: several prompts trained for one task vote (``vote``): each input is
+          run once per prompt, in one mixed batch, and the answer most of them give wins
 
     symbol      variable                      shape
     N           len(self.tasks)               the trained methods mixed
@@ -23,6 +25,8 @@ prefixes, the same prefixed layers), since they are stacked into one tensor.
     mixed = MixedBatch.load(model, {"sentiment": "runs/a/peft.safetensors", "nli": ...})
     logits = mixed(tasks=["nli", "sentiment", "nli"], input_ids=…, decoder_input_ids=…)
     ids = mixed.generate(input_ids, tasks=["nli", "sentiment", "nli"], max_new_tokens=4)
+    ensemble = MixedBatch(model, {"seed 0": prompt_0, "seed 1": prompt_1, "seed 2": prompt_2})
+    ids = ensemble.vote(input_ids, max_new_tokens=4)                          # F2.4
 
 Each row's logits equal those of its own method run alone (tests/test_mixed.py, ≤ 1e-5).
 """
@@ -126,6 +130,25 @@ class MixedBatch(nn.Module):
         """New token ids (B, ≤ max_new_tokens), each example decoded under its own prompt or prefix."""
         inputs = self.model_inputs(tasks, input_ids=input_ids, attention_mask=attention_mask)
         return self.model.generate(max_new_tokens=max_new_tokens, **inputs, **options)
+
+    def vote(self, input_ids, max_new_tokens: int = 20, attention_mask=None, **options):
+        """F2.4 prompt ensemble by majority vote: every table answers every input, (B, ≤ max_new_tokens).
+
+        Input b is repeated once per table (one mixed batch of B·N rows, F2.5) and the output
+        sequence that most tables give wins; a tie goes to the answer of the earliest table
+        (``self.tasks`` order). With generation's own options (``num_beams``, …) passed through."""
+        batch, count = input_ids.shape[0], len(self.tasks)
+        repeated = input_ids.repeat_interleave(count, dim=0)                          # (B·N, n)
+        mask = None if attention_mask is None else attention_mask.repeat_interleave(count, dim=0)
+        tables = torch.arange(count).repeat(batch)                                     # (B·N,) 0 … N-1, B times
+        answers = self.generate(repeated, tables, max_new_tokens, mask, **options)
+        answers = answers.view(batch, count, -1)                                       # (B, N, T)
+        # exercise: F2.4 majority vote: the answer (B, N, T) → (B, T) that most of the N tables give, ties to the earliest
+        agree = (answers[:, :, None] == answers[:, None]).all(dim=-1)                  # (B, N, N) same answer?
+        votes = agree.sum(dim=-1)                                                      # (B, N) votes for each
+        winner = votes.argmax(dim=-1)                                                  # (B,) first of the most
+        return answers[torch.arange(batch), winner]                                    # (B, T)
+        # end exercise
 
 
 def check_mixable(model: nn.Module, methods: Mapping[str, PeftModel]) -> None:
