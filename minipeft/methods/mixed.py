@@ -125,8 +125,8 @@ class MixedBatch(nn.Module):
             return logits[:, self.num_virtual_tokens:]                                # drop GPT's prompt positions
         return logits
 
-    def generate(self, input_ids=None, tasks: Sequence[str] | torch.Tensor = (), max_new_tokens: int = 20,
-                 attention_mask=None, **options):
+    def generate(self, input_ids, tasks: Sequence[str] | torch.Tensor, max_new_tokens: int = 20, attention_mask=None,
+                 **options):
         """New token ids (B, ≤ max_new_tokens), each example decoded under its own prompt or prefix."""
         inputs = self.model_inputs(tasks, input_ids=input_ids, attention_mask=attention_mask)
         return self.model.generate(max_new_tokens=max_new_tokens, **inputs, **options)
@@ -140,8 +140,8 @@ class MixedBatch(nn.Module):
         batch, count = input_ids.shape[0], len(self.tasks)
         repeated = input_ids.repeat_interleave(count, dim=0)                          # (B·N, n)
         mask = None if attention_mask is None else attention_mask.repeat_interleave(count, dim=0)
-        tables = torch.arange(count).repeat(batch)                                     # (B·N,) 0 … N-1, B times
-        answers = self.generate(repeated, tables, max_new_tokens, mask, **options)
+        every_table = torch.arange(count).repeat(batch)                                # (B·N,) 0 … N-1, B times
+        answers = self.generate(repeated, every_table, max_new_tokens, mask, **options)
         answers = answers.view(batch, count, -1)                                       # (B, N, T)
         # exercise: F2.4 majority vote: the answer (B, N, T) → (B, T) that most of the N tables give, ties to the earliest
         agree = (answers[:, :, None] == answers[:, None]).all(dim=-1)                  # (B, N, N) same answer?
