@@ -335,6 +335,16 @@ def make_batcher(peft, tokenizer, config: TrainConfig) -> Batcher:
     return Batcher(tokenizer, model.is_encoder_decoder, limit, model.config.pad_token_id, tokenizer.eos_token_id)
 
 
+def generation_length(batcher: Batcher, train_examples) -> int:
+    """How many tokens evaluation generates: the longest training target with its end token, which
+    also checks that every target fits (they are never cut); on GPT at most what the positions leave."""
+    try:
+        length = max(len(batcher.target(example.target)) for example in train_examples)
+    except DataError as error:
+        raise TrainingError(str(error)) from None
+    return length if batcher.is_encoder_decoder else min(length, batcher.max_length - 2)
+
+
 def set_dropout(model: nn.Module, rate: float):
     """Every dropout of the model: ``nn.Dropout`` modules and the attention-probability rate."""
     for module in model.modules():
@@ -430,10 +440,7 @@ def evaluate(peft, batcher: Batcher, examples, kind: str, precision, max_new_tok
     Classification: ``accuracy``. Generation: corpus ``bleu`` (0–100) over the unique inputs, all
     targets of an input being its references; table-to-text adds ``slot_coverage``.
     """
-    if kind == "classification":
-        inputs, references = [e.input for e in examples], [[e.target] for e in examples]
-    else:
-        inputs, references = references_by_input(examples)
+    inputs, references = evaluation_inputs(examples, kind)
     was_training = peft.training
     peft.eval()
     predictions = []
@@ -444,13 +451,26 @@ def evaluate(peft, batcher: Batcher, examples, kind: str, precision, max_new_tok
                                       attention_mask=batch["attention_mask"].to(device))
         predictions += [batcher.decode(row) for row in generated.tolist()]
     peft.train(was_training)
-    if kind == "classification":
-        metrics = {"accuracy": accuracy(predictions, [refs[0] for refs in references])}
-    else:
-        metrics = {"bleu": 100 * corpus_bleu(predictions, references)}
-        if kind == "table-to-text":
-            metrics["slot_coverage"] = slot_coverage(inputs, predictions, slot_phrases)
+    metrics = score_predictions(kind, inputs, predictions, references, slot_phrases)
     return metrics, list(zip(inputs, predictions, references))
+
+
+def evaluation_inputs(examples, kind: str) -> tuple[list[str], list[list[str]]]:
+    """(inputs, references of each): every example for a classification task; for generation the
+    unique inputs, all targets of an input being its references."""
+    if kind == "classification":
+        return [e.input for e in examples], [[e.target] for e in examples]
+    return references_by_input(examples)
+
+
+def score_predictions(kind: str, inputs, predictions, references, slot_phrases=None) -> dict:
+    """``accuracy`` (classification) or corpus ``bleu`` (0–100), with ``slot_coverage`` for table-to-text."""
+    if kind == "classification":
+        return {"accuracy": accuracy(predictions, [refs[0] for refs in references])}
+    metrics = {"bleu": 100 * corpus_bleu(predictions, references)}
+    if kind == "table-to-text":
+        metrics["slot_coverage"] = slot_coverage(inputs, predictions, slot_phrases)
+    return metrics
 
 
 def score_name(kind: str) -> str:
@@ -514,12 +534,7 @@ class Run:
             self.peft = attach_method(base, config)
         self.peft.to(self.device)
         self.batcher = make_batcher(self.peft, tokenizer, config)
-        try:  # every target must fit (they are never cut); the longest bounds generation
-            self.max_new_tokens = max(len(self.batcher.target(e.target)) for e in self.data.train)
-        except DataError as error:
-            raise TrainingError(str(error)) from None
-        if not base.is_encoder_decoder:
-            self.max_new_tokens = min(self.max_new_tokens, self.batcher.max_length - 2)
+        self.max_new_tokens = generation_length(self.batcher, self.data.train)
         self.precision = Precision(config.dtype, self.peft)
         self.trainable, self.total = count_parameters(self.peft)
         self.step, self.losses, self.dev_history, self.train_seconds = 0, [], [], 0.0
