@@ -220,6 +220,12 @@ print(f"max |Δ| of the weights on the input, renormalised, with and without the
 # redirected.
 
 # %% [markdown]
+# One property the document lists (F5.8): since the model is untouched, N prefixes, one per user
+# or task, can run in one batch, each example reading its own keys and values. `MixedBatch`
+# (lesson 9, section 4) stacks the folded tables P_θ and cuts each example's into its layers'
+# keys and values as `prefix_kv` does, with the batch axis kept. `python -m minipeft.serve` runs the
+# embedded tasks' prefix runs so and finds every prediction equal to each run's own (README).
+#
 # ## 6. Exercise
 #
 # `lessons/exercises/methods.prefix.py` is `prefix.py` with F5.5 and the cutting of P_θ into

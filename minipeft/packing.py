@@ -20,6 +20,13 @@ them all.
 
     with packed_for_decoding(model, rows=batch * beams):
         …the decoder's ``Linear`` layers and the LM head use their packed copy…
+
+Projections that read the same input can also be packed side by side as one matrix, so one call
+computes them all: T5's self-attention ``q``, ``k`` and ``v`` (a module offers them through
+``fusable_projections()``). One (3·H·D, C) matmul instead of three (H·D, C) ones made a whole
+``generate`` about 5 % faster (t5-small shape, B = 8, 2026-12-05, an AMD EPYC without bfloat16
+matmuls), since at B rows a small matmul costs mostly its fixed overhead. A layer that a method
+wraps (unmerged LoRA on ``q``) is not plain ``Linear`` any more and keeps its own path.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 # weight → (rows, weight's version when packed, packed copy); an entry dies with its weight.
 _packed_copies = WeakIdKeyDictionary()
+# first weight of a fused group → (rows, every weight's identity and version, packed copy of them stacked)
+_fused_copies = WeakIdKeyDictionary()
 
 
 def can_pack(weight: torch.Tensor) -> bool:
@@ -65,17 +74,42 @@ def kept_copy(cache: WeakIdKeyDictionary, weight: torch.Tensor, rows: int, make)
     return made
 
 
+def fused_packed_copy(weights: list[torch.Tensor], rows: int) -> torch.Tensor | None:
+    """The weights (each (out_i, in)) stacked as one (Σ out_i, in) matrix and packed for ``rows``
+    rows; kept while none of them is replaced or changed."""
+    if not all(can_pack(weight) for weight in weights):
+        return None
+    key = tuple((id(weight), weight._version) for weight in weights)
+    kept = _fused_copies.get(weights[0])
+    if kept is not None and kept[:2] == (rows, key):
+        return kept[2]
+    packed = pack_weight(torch.cat([weight.detach() for weight in weights]), rows)      # (Σ out_i, in)
+    if packed is not None:
+        _fused_copies[weights[0]] = (rows, key, packed)
+    return packed
+
+
 def forget_packed() -> None:
     """Drop every kept packed copy (they are only a cache: the next ``generate`` packs again)."""
     _packed_copies.clear()
+    _fused_copies.clear()
+
+
+def uses_packed(x) -> bool:
+    """Whether a packed copy may serve input x: no gradient needed, float32, no bf16/fp16 autocast."""
+    return not torch.is_grad_enabled() and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+
+
+def packed_matmul(x, packed, bias=None):
+    """``y = x Wᵀ + b`` from W's packed copy (oneDNN), for x (…, in)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def linear(x, weight, bias=None, packed=None):
-    """``y = x Wᵀ + b`` for x (…, in): from the packed copy of W when there is one, no gradient is
-    needed and the computation is float32 (under bf16/fp16 autocast, F.linear casts as usual)."""
-    if (packed is not None and not torch.is_grad_enabled() and x.dtype == torch.float32
-            and not torch.is_autocast_enabled(x.device.type)):
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    """``y = x Wᵀ + b`` for x (…, in): from the packed copy of W when there is one and
+    :func:`uses_packed` allows it (under bf16/fp16 autocast, F.linear casts as usual)."""
+    if packed is not None and uses_packed(x):
+        return packed_matmul(x, packed, bias)
     return F.linear(x, weight, bias)
 
 
@@ -93,14 +127,21 @@ def packed_for_decoding(model: nn.Module, rows: int):
     """Pack every :class:`Linear` that runs at each decoding step (``model.decoding_layers()``: T5's
     decoder, not its encoder, which runs once) and the LM head (``model.packed_head``) for ``rows``
     input rows (reusing the copies of an earlier call where the weights are unchanged)."""
-    layers = [module for module in model.decoding_layers().modules() if isinstance(module, Linear)]
+    modules = list(model.decoding_layers().modules())
+    layers = [module for module in modules if isinstance(module, Linear)]
+    fusing = [(module, module.fusable_projections()) for module in modules if hasattr(module, "fusable_projections")]
+    fusing = [(module, projections) for module, projections in fusing if projections]
     try:
         with torch.no_grad():
             for layer in layers:
                 layer.packed = packed_copy(layer.weight, rows)
+            for module, projections in fusing:
+                module.packed_fused = fused_packed_copy([projection.weight for projection in projections], rows)
             model.packed_head = packed_copy(model.head_weight(), rows)
         yield model
     finally:
         for layer in layers:
             layer.packed = None
+        for module, _ in fusing:
+            module.packed_fused = None
         model.packed_head = None

@@ -169,7 +169,7 @@ class T5Block(nn.Module):
         self.self_attn = T5Attention(*attention_args)
         if is_decoder:
             self.cross_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
-            self.cross_attn = T5Attention(*attention_args)
+            self.cross_attn = T5Attention(*attention_args, is_cross_attention=True)
         self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
         self.ffn = FeedForward(config)
         self.dropout = Dropout(config.dropout_rate)

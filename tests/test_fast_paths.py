@@ -70,6 +70,78 @@ def test_packing_happens_inside_generate_only():
     assert all(layer.packed is None for layer in layers) and model.packed_head is None
 
 
+def self_and_cross_attention(model):
+    from minipeft.attention import T5Attention
+    attentions = [m for m in model.decoder.modules() if isinstance(m, T5Attention)]
+    return ([a for a in attentions if not a.is_cross_attention], [a for a in attentions if a.is_cross_attention])
+
+
+@needs_onednn
+def test_decoding_packs_self_attention_q_k_v_as_one_matrix():
+    model = tiny_models()[0]
+    self_attention, cross_attention = self_and_cross_attention(model)
+    with packing.packed_for_decoding(model, rows=2):
+        assert all(a.packed_fused is not None for a in self_attention)
+        assert all(a.packed_fused is None for a in cross_attention)       # its k, v read the encoder once
+        assert all(a.packed_fused is None for a in model.encoder.modules() if hasattr(a, "packed_fused"))
+    assert all(a.packed_fused is None for a in self_attention)
+
+
+@needs_onednn
+def test_the_fused_matmul_gives_what_q_k_v_give_separately():
+    model = tiny_models()[0]
+    attention = self_and_cross_attention(model)[0][0]
+    x = torch.randn(3, 1, 32)
+    with torch.no_grad():
+        separate = attention(x)
+        attention.packed_fused = packing.fused_packed_copy([attention.q.weight, attention.k.weight,
+                                                            attention.v.weight], rows=3)
+        torch.testing.assert_close(attention(x), separate, rtol=1e-5, atol=1e-6)
+        attention.packed_fused = packing.pack_weight(torch.zeros(96, 32), rows=3)  # proof the fused path ran
+        assert not torch.allclose(attention(x), separate)
+
+
+@needs_onednn
+def test_generation_is_the_same_with_and_without_the_fused_projections(monkeypatch):
+    from minipeft.attention import T5Attention
+    model = tiny_models()[0]
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    fused = [model.generate(ids, max_new_tokens=6, num_beams=beams) for beams in (1, 3)]
+    monkeypatch.setattr(T5Attention, "fusable_projections", lambda self: None)
+    assert all(torch.equal(model.generate(ids, max_new_tokens=6, num_beams=beams), expected)
+               for beams, expected in zip((1, 3), fused))
+
+
+@needs_onednn
+def test_a_method_that_wraps_q_keeps_the_separate_projections():
+    model = tiny_models()[0]
+    peft = minipeft.get_peft(model, "lora", r=2, target_modules=["q", "v"])
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if name.endswith("lora_B"):
+                param.normal_()                                               # ΔW ≠ 0, so a bypass would show
+    assert all(a.fusable_projections() is None for a in self_and_cross_attention(model)[0])
+    ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    generated = peft.generate(ids, max_new_tokens=5)
+    step_by_step = torch.full((2, 1), model.config.decoder_start_token_id)
+    with torch.no_grad():
+        for _ in range(5):
+            logits = peft(input_ids=ids, decoder_input_ids=step_by_step)
+            step_by_step = torch.cat([step_by_step, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, step_by_step[:, 1:])
+
+
+@needs_onednn
+def test_the_fused_copy_is_made_again_when_a_weight_changes():
+    attention = self_and_cross_attention(tiny_models()[0])[0][0]
+    weights = [attention.q.weight, attention.k.weight, attention.v.weight]
+    first = packing.fused_packed_copy(weights, rows=2)
+    assert packing.fused_packed_copy(weights, rows=2) is first
+    with torch.no_grad():
+        attention.k.weight.mul_(2)                                            # as an optimiser step would
+    assert packing.fused_packed_copy(weights, rows=2) is not first
+
+
 @pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
 def test_tied_embedding_gradient_is_dense_and_equals_a_dense_lookup(index, monkeypatch):
     model = tiny_models()[index].train()

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional
-from .packing import Linear
+from .packing import Linear, packed_matmul, uses_packed
 from .shapes import Dims
 
 
@@ -136,21 +136,38 @@ class T5Attention(nn.Module):
     every layer shares it.
     """
 
-    def __init__(self, d_model: int, n_heads: int, head_dim: int, dropout: float):
+    packed_fused = None   # while decoding: q, k, v packed side by side, one matmul (packing.py)
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, dropout: float, is_cross_attention: bool = False):
         super().__init__()
         self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
+        self.is_cross_attention = is_cross_attention
         inner = n_heads * head_dim
         self.q = Linear(d_model, inner, bias=False)
         self.k = Linear(d_model, inner, bias=False)
         self.v = Linear(d_model, inner, bias=False)
         self.o = Linear(inner, d_model, bias=False)
 
+    def fusable_projections(self):
+        """Self-attention's q, k, v, which read the same x, for decoding to pack as one matrix; None
+        for cross-attention (k and v read the encoder output once) or where a method wraps one."""
+        projections = (self.q, self.k, self.v)
+        if self.is_cross_attention or any(type(projection) is not Linear for projection in projections):
+            return None
+        return projections
+
     def forward(self, x, source=None, mask=None, prefix_kv=None, cache: KVCache | None = None):
         # x: (B, T, C); source: (B, S, C) or None
-        query = split_heads(self.q(x), self.n_heads)                         # (B, H, T, D)
-        if cache is not None and cache.frozen:                               # cross-attention, later steps
+        if source is None and self.packed_fused is not None and uses_packed(x):   # decoding: one matmul
+            fused = packed_matmul(x, self.packed_fused)                     # (B, T, 3·H·D)
+            query, keys, values = (split_heads(part, self.n_heads) for part in fused.chunk(3, dim=-1))
+            if cache is not None:
+                keys, values = cache.append(keys, values)                   # (B, H, S_past + T, D)
+        elif cache is not None and cache.frozen:                             # cross-attention, later steps
+            query = split_heads(self.q(x), self.n_heads)                     # (B, H, T, D)
             keys, values = cache.keys, cache.values
         else:
+            query = split_heads(self.q(x), self.n_heads)                     # (B, H, T, D)
             kv_input = x if source is None else source
             keys = split_heads(self.k(kv_input), self.n_heads)              # (B, H, S, D)
             values = split_heads(self.v(kv_input), self.n_heads)            # (B, H, S, D)

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import minipeft
+from minipeft.packing import packed_for_decoding
 
 # t5-small (transformers' T5Config defaults): 6 + 6 layers, C=512, H=8, D=64, F=2048, V=32128.
 T5_SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6,
@@ -278,7 +279,8 @@ def profile_all(ours, hf, source_ids, training) -> str:
     parts = [profile_table(training["steps"]["ours"], "training step: ours"),
              profile_table(training["steps"]["hf"], "training step: HF")]
     ours.eval(), hf.eval()
-    with torch.no_grad():
+    # as generate() runs a step: in inference mode, from the weights packed for this batch size
+    with torch.inference_mode(), packed_for_decoding(ours, rows=source_ids.shape[0]):
         ours_step, hf_step = decoding_steps_at(ours, hf, source_ids, past=NEW_TOKENS // 2)
         parts += [profile_table(ours_step, f"one decoding step (past={NEW_TOKENS // 2}): ours"),
                   profile_table(hf_step, f"one decoding step (past={NEW_TOKENS // 2}): HF model call")]
