@@ -19,7 +19,8 @@ own table. The documents name this as a property of the methods (../shared/FORMU
 A LoRA or an adapter cannot be mixed this way (without more machinery): it changes layers every
 example goes through. Nor can P-tuning v1 (its template puts prompt vectors between the input's
 own words, F3.1). The tables must have the same shape (the same method, length m and, for
-prefixes, the same prefixed layers), since they are stacked into one tensor.
+prefixes, the same prefixed layers), since they are stacked into one tensor. They are copied
+when the MixedBatch is made (a prefix's MLP folded, F5.5): make it after training.
 
     mixed = MixedBatch(model, {"sentiment": prompt_a, "nli": prompt_b})      # trained methods
     mixed = MixedBatch.load(model, {"sentiment": "runs/a/peft.safetensors", "nli": ...})
