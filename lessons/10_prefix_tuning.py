@@ -37,7 +37,7 @@ import copy_or_reverse as task  # noqa: E402
 from minipeft import GPT, GPTConfig, T5Config, T5Model, get_peft  # noqa: E402
 from minipeft.attention import attend, prepend_prefix  # noqa: E402
 from minipeft.methods import count_parameters  # noqa: E402
-from minipeft.methods.prefix import PrefixTuning  # noqa: E402
+from minipeft.methods.prefix import PrefixTuning, split_prefix_tables  # noqa: E402
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"
 torch.manual_seed(0)
@@ -55,10 +55,12 @@ print(inspect.getsource(prepend_prefix))
 
 # %% [markdown]
 # The method stores all prefixes of all layers in one matrix P_θ of shape (m, S·2·H·D) and, once
-# per forward, cuts it into one (key, value) pair per prefixed layer. `expand` lends the same
+# per forward, cuts it into one (key, value) pair per prefixed layer (`split_prefix_tables`, which
+# also serves a batch with one table per example, section 5's end). `expand` lends the same
 # memory to every row of the batch (no copy):
 
 # %%
+print(inspect.getsource(split_prefix_tables))
 print(inspect.getsource(PrefixTuning.prefix_kv))
 
 # %% [markdown]
@@ -223,7 +225,7 @@ print(f"max |Δ| of the weights on the input, renormalised, with and without the
 # One property the document lists (F5.8): since the model is untouched, N prefixes, one per user
 # or task, can run in one batch, each example reading its own keys and values. `MixedBatch`
 # (lesson 9, section 4) stacks the folded tables P_θ and cuts each example's into its layers'
-# keys and values as `prefix_kv` does, with the batch axis kept. `python -m minipeft.serve` runs the
+# keys and values with the same `split_prefix_tables`, one table per row. `python -m minipeft.serve` runs the
 # embedded tasks' prefix runs so and finds every prediction equal to each run's own (README).
 #
 # ## 6. Exercise

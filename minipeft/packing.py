@@ -24,7 +24,7 @@ them all.
 Projections that read the same input can also be packed side by side as one matrix, so one call
 computes them all: T5's self-attention ``q``, ``k`` and ``v`` (a module offers them through
 ``fusable_projections()``). One (3·H·D, C) matmul instead of three (H·D, C) ones made a whole
-``generate`` about 5 % faster (t5-small shape, B = 8, 2026-12-05, an AMD EPYC without bfloat16
+``generate`` about 4 % faster (t5-small shape, B = 8, 2026-12-05, an AMD EPYC without bfloat16
 matmuls), since at B rows a small matmul costs mostly its fixed overhead. A layer that a method
 wraps (unmerged LoRA on ``q``) is not plain ``Linear`` any more and keeps its own path.
 """
@@ -40,7 +40,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 # weight → (rows, weight's version when packed, packed copy); an entry dies with its weight.
 _packed_copies = WeakIdKeyDictionary()
-# first weight of a fused group → (rows, every weight's identity and version, packed copy of them stacked)
+# first weight of a fused group → (rows, every weight's identity and version, their stacked packed copy)
 _fused_copies = WeakIdKeyDictionary()
 
 
@@ -62,15 +62,17 @@ def packed_copy(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
     return kept_copy(_packed_copies, weight, rows, lambda: pack_weight(weight, rows))
 
 
-def kept_copy(cache: WeakIdKeyDictionary, weight: torch.Tensor, rows: int, make):
-    """``make()``, kept in ``cache`` (weight → (rows, version, copy)) and returned again while the
-    weight's version counter and ``rows`` are unchanged; a None from ``make`` is not kept."""
+def kept_copy(cache: WeakIdKeyDictionary, weight: torch.Tensor, rows: int, make, version=None):
+    """``make()``, kept in ``cache`` (weight → (rows, version, copy)) and returned again while
+    ``version`` (default: the weight's version counter) and ``rows`` are unchanged; a None from
+    ``make`` is not kept."""
+    version = weight._version if version is None else version
     kept = cache.get(weight)
-    if kept is not None and kept[:2] == (rows, weight._version):
+    if kept is not None and kept[:2] == (rows, version):
         return kept[2]
     made = make()
     if made is not None:
-        cache[weight] = (rows, weight._version, made)
+        cache[weight] = (rows, version, made)
     return made
 
 
@@ -79,14 +81,9 @@ def fused_packed_copy(weights: list[torch.Tensor], rows: int) -> torch.Tensor | 
     rows; kept while none of them is replaced or changed."""
     if not all(can_pack(weight) for weight in weights):
         return None
-    key = tuple((id(weight), weight._version) for weight in weights)
-    kept = _fused_copies.get(weights[0])
-    if kept is not None and kept[:2] == (rows, key):
-        return kept[2]
-    packed = pack_weight(torch.cat([weight.detach() for weight in weights]), rows)      # (Σ out_i, in)
-    if packed is not None:
-        _fused_copies[weights[0]] = (rows, key, packed)
-    return packed
+    return kept_copy(_fused_copies, weights[0], rows,
+                     lambda: pack_weight(torch.cat([weight.detach() for weight in weights]), rows),  # (Σ out_i, in)
+                     version=tuple((id(weight), weight._version) for weight in weights))
 
 
 def forget_packed() -> None:

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from minipeft import serve
-from tiny_runs import make_gpt2_checkpoint, t5_dir, task, write_task  # noqa: F401 (fixtures)
+from tiny_runs import make_gpt2_checkpoint, t5_dir, write_task  # noqa: F401 (fixtures)
 from conftest import reference
 from test_train_cli import train_here
 

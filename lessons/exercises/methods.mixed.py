@@ -45,7 +45,7 @@ from torch import nn
 
 from ..shapes import Dims
 from .base import PeftModel, base_fingerprint, load_trained
-from .prefix import PrefixTuning, arrange_prefix_kv
+from .prefix import PrefixTuning, arrange_prefix_kv, split_prefix_tables
 from .prompt import PromptTuning, prepend_prompt
 
 MIXABLE = ("prompt", "prefix", "ptuning_v2")
@@ -113,9 +113,8 @@ class MixedBatch(nn.Module):
 
     def prefix_kv(self, per_example):
         """F5.3's P_key, P_value of every prefixed layer, each (B, H, m, D), example b from its own table."""
-        batch, m = per_example.shape[:2]
-        raise NotImplementedError("exercise: split each example's (m, S·2·H·D) table as PrefixTuning.prefix_kv does, keeping B → (S, 2, B, H, m, D)")
-        return arrange_prefix_kv(self.model, self.slots, [(kv[s, 0], kv[s, 1]) for s in range(len(self.slots))])
+        pairs = split_prefix_tables(per_example, self.slots, self.heads, self.head_dim)   # S × 2 × (B, H, m, D)
+        return arrange_prefix_kv(self.model, self.slots, pairs)
 
     def forward(self, tasks, **inputs):
         """Logits as each example's own method gives them: T5 (B, T, V), GPT (B, n, V)."""

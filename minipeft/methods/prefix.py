@@ -147,13 +147,11 @@ class PrefixTuning(PeftModel):
         table = self.prefix_matrix()
         m = self.options.num_virtual_tokens
         Dims("F5.6 P_θ", m=m, W=len(self.slots) * 2 * self.heads * self.head_dim).check("prefix", table, "m W")
-        # exercise: P_θ (m, S·2·H·D) → one (P_key, P_value) pair per slot, each (H, m, D), expanded to (B, H, m, D)
-        kv = table.to(dtype or table.dtype).view(m, len(self.slots), 2, self.heads, self.head_dim)
-        kv = kv.permute(1, 2, 3, 0, 4).contiguous()                                    # (S, 2, H, m, D)
-        pairs = [(kv[s, 0].expand(batch, -1, -1, -1), kv[s, 1].expand(batch, -1, -1, -1))
-                 for s in range(len(self.slots))]                                      # S × 2 × (B, H, m, D)
-        # end exercise
-        return arrange_prefix_kv(self.model, self.slots, pairs)
+        pairs = split_prefix_tables(table.to(dtype or table.dtype)[None], self.slots, self.heads,
+                                    self.head_dim)                                     # S × 2 × (1, H, m, D)
+        # one P_θ for the whole batch: expanded, not copied
+        pairs = [(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)) for keys, values in pairs]
+        return arrange_prefix_kv(self.model, self.slots, pairs)                        # S × 2 × (B, H, m, D)
 
     def model_inputs(self, **inputs) -> dict:
         if self.options.embedding_only:
@@ -264,6 +262,18 @@ class PrefixTuning(PeftModel):
         output = self.prefix_mlp[2]
         solution = torch.linalg.pinv(hidden) @ (target - output.bias)                   # (h, width)
         output.weight.copy_(solution.T)
+
+
+def split_prefix_tables(tables, slots, heads: int, head_dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """F5.3 / F5.6: prefix tables (N, m, S·2·H·D), one P_θ per row, → one (P_key, P_value) pair per
+    prefixed slot, each (N, H, m, D). PrefixTuning passes its one table (N = 1); a mixed batch
+    (``mixed.py``) one table per example."""
+    count, m = tables.shape[:2]
+    # exercise: cut each (m, S·2·H·D) table into slots, keys/values and heads → (S, 2, N, H, m, D)
+    kv = tables.view(count, m, len(slots), 2, heads, head_dim)
+    kv = kv.permute(2, 3, 0, 4, 1, 5).contiguous()                                      # (S, 2, N, H, m, D)
+    # end exercise
+    return [(kv[s, 0], kv[s, 1]) for s in range(len(slots))]                            # S × 2 × (N, H, m, D)
 
 
 def arrange_prefix_kv(model, slots, pairs):
