@@ -130,6 +130,27 @@ class PeftModel(nn.Module):
     def unmerge(self):
         raise NotImplementedError(f"method {self.name!r} cannot be merged, so there is nothing to unmerge")
 
+    # -- hooks of the training loop (nothing to do unless a method needs them: AdaLoRA does) -------
+    reads_gradients: ClassVar[bool] = False   # True: the loop calls after_optimizer_step, which reads .grad
+
+    def prepare_training(self, total_steps: int):
+        """Called once before the first step with the run's length (AdaLoRA's budget schedule)."""
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """A term added to the task loss before backward (AdaLoRA's orthogonality penalty), or None."""
+        return None
+
+    def after_optimizer_step(self, step: int):
+        """Called after the optimiser has stepped, the gradients still in ``.grad`` (``step`` counts
+        from 0): AdaLoRA scores its triplets and prunes to the budget here."""
+
+    def training_state(self) -> dict:
+        """State of the method that resuming needs besides the trained tensors (AdaLoRA's scores)."""
+        return {}
+
+    def load_training_state(self, state: dict):
+        """Put back what :meth:`training_state` returned."""
+
     # -- what is trained ---------------------------------------------------------------------------
     def trainable_report(self) -> str:
         return trainable_report(self)

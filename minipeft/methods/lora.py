@@ -51,7 +51,32 @@ from .registry import register
 DEFAULT_TARGETS = {"T5Model": ("q", "v"), "GPT": ("c_attn",)}
 
 
-class LoRALinear(MethodLayer):
+class LowRankLayer(MethodLayer):
+    """A frozen ``nn.Linear`` (``base_layer``) plus an update ΔW that can be folded into its weight.
+
+    What LoRA's layer and AdaLoRA's (adalora.py) share: ``merge``/``unmerge`` (F6.3) around the
+    subclass's ``delta_weight()``."""
+
+    base_layer: nn.Linear
+    merged: bool = False
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self):
+        """F6.3  W ← W_0 + ΔW: the layer now costs exactly what the frozen one did."""
+        self.base_layer.weight += self.delta_weight()
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        """F6.3  W ← W − ΔW: back to W_0 (up to float rounding, ~1e-7 relative)."""
+        self.base_layer.weight -= self.delta_weight()
+        self.merged = False
+
+
+class LoRALinear(LowRankLayer):
     """``h = W_0 x + (α/r) B A dropout(x)``: a frozen ``nn.Linear`` plus a rank-r update (F6.1)."""
 
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
@@ -94,18 +119,6 @@ class LoRALinear(MethodLayer):
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
         # end exercise
 
-    @torch.no_grad()
-    def merge(self):
-        """F6.3  W ← W_0 + (α/r) B A: the layer now costs exactly what the frozen one did."""
-        self.base_layer.weight += self.delta_weight()
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self):
-        """F6.3  W ← W − (α/r) B A: back to W_0 (up to float rounding, ~1e-7 relative)."""
-        self.base_layer.weight -= self.delta_weight()
-        self.merged = False
-
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}, merged={self.merged}"
 
@@ -144,6 +157,7 @@ def find_targets(model: nn.Module, target: str | tuple[str, ...]) -> list[str]:
 @register
 class LoRA(PeftModel):
     name = "lora"
+    title = "LoRA"                                   # in messages (AdaLoRA, a subclass, has its own)
 
     @dataclasses.dataclass(frozen=True)
     class Options:
@@ -166,44 +180,49 @@ class LoRA(PeftModel):
 
     def attach(self):
         options = self.options
-        target = options.target_modules
+        self.wrap_targets(lambda layer: LoRALinear(layer, options.r, options.lora_alpha, options.lora_dropout,
+                                                   options.init_lora_weights))
+
+    def wrap_targets(self, make_layer):
+        """Replace every linear layer ``target_modules`` chooses (default: the query and value
+        projections) by ``make_layer(layer)``."""
+        target = self.options.target_modules
         if target is None:
             kind = type(self.model).__name__
             if kind not in DEFAULT_TARGETS:
-                raise ValueError(f"no default LoRA targets for {kind}: pass target_modules=[...] "
+                raise ValueError(f"no default {self.name} targets for {kind}: pass target_modules=[...] "
                                  f"(its linear layers: {', '.join(sorted(set(linear_layer_names(self.model))))})")
             target = DEFAULT_TARGETS[kind]
         for name in find_targets(self.model, target):
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name)
-            setattr(parent, child, LoRALinear(getattr(parent, child), options.r, options.lora_alpha,
-                                              options.lora_dropout, options.init_lora_weights))
+            setattr(parent, child, make_layer(getattr(parent, child)))
 
-    def lora_layers(self) -> list[LoRALinear]:
-        return [module for module in self.modules() if isinstance(module, LoRALinear)]
+    def lora_layers(self) -> list[LowRankLayer]:
+        return [module for module in self.modules() if isinstance(module, LowRankLayer)]
 
     @property
     def merged(self) -> bool:
         return any(layer.merged for layer in self.lora_layers())
 
     def merge(self):
-        """F6.3  Fold (α/r) B A into every wrapped weight (for inference; the adapters keep their values)."""
+        """F6.3  Fold ΔW = (α/r) B A into every wrapped weight (for inference; the adapters keep their values)."""
         if self.merged:
-            raise RuntimeError("LoRA is already merged into the base weights; call unmerge() first")
+            raise RuntimeError(f"{self.title} is already merged into the base weights; call unmerge() first")
         if not self.enabled:
-            raise RuntimeError("LoRA is switched off (inside disabled()): merge it after switching it back on")
+            raise RuntimeError(f"{self.title} is switched off (inside disabled()): merge it after switching it back on")
         for layer in self.lora_layers():
             layer.merge()
 
     def unmerge(self):
-        """F6.3  Subtract (α/r) B A again: back to W_0 and the separate low-rank path."""
+        """F6.3  Subtract ΔW again: back to W_0 and the separate low-rank path."""
         if not self.merged:
-            raise RuntimeError("LoRA is not merged: there is nothing to unmerge")
+            raise RuntimeError(f"{self.title} is not merged: there is nothing to unmerge")
         for layer in self.lora_layers():
             layer.unmerge()
 
     def set_enabled(self, enabled: bool):
         if not enabled and self.merged:
-            raise RuntimeError("LoRA is merged into the base weights, so the base cannot be run without it: "
+            raise RuntimeError(f"{self.title} is merged into the base weights, so the base cannot be run without it: "
                                "call unmerge() first")
         super().set_enabled(enabled)

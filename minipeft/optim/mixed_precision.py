@@ -185,15 +185,25 @@ class Precision:
     def loss_scale(self) -> float:
         return self.scaler.scale if self.scaler is not None else 1.0
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer, max_grad_norm: float | None = None) -> bool:
-        """Backward, (unscale, overflow check,) clip, step, zero the gradients; True if the optimiser stepped."""
+    def backward_and_step(self, loss: torch.Tensor, optimizer, max_grad_norm: float | None = None,
+                          after_step=None) -> bool:
+        """Backward, (unscale, overflow check,) clip, step, zero the gradients; True if the optimiser stepped.
+
+        ``after_step()``, if given, runs after the optimiser step while the gradients are still there
+        (fp32 and bf16 only: in fp16 the model's parameters are copies of the masters the optimiser
+        updates)."""
         if self.masters is None:
             loss.backward()
             if max_grad_norm is not None:
                 clip_grad_norm_(self.trainable, max_grad_norm)
             optimizer.step()
+            if after_step is not None:
+                after_step()
             optimizer.zero_grad(set_to_none=True)
             return True
+        if after_step is not None:
+            raise ValueError("after_step reads the model's gradients, which fp16 training keeps on fp32 masters: "
+                             "train in fp32 or bf16")
         # F12.4  backward from S · L
         self.scaler.scale_loss(loss).backward()
         # F12.4  g₃₂ = fp32(S·g₁₆) / S, checked for inf/NaN
