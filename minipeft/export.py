@@ -14,8 +14,9 @@ can be exported only when it changes those weights and adds nothing else:
 
 * full fine-tuning, BitFit, the linear probe (a T5 head of its own): their trained tensors *are*
   base weights;
-* LoRA: each adapted layer is written with ``W = W_0 + (α/r) B A`` (F6.3 with F6.5's scaling,
-  ``delta_weight``), merged or not; the live model is left as it is;
+* LoRA and AdaLoRA: each adapted layer is written with ``W = W_0 + ΔW``, ``ΔW = (α/r) B A``
+  (F6.3 with F6.5's scaling) or ``(α/r) U diag(s) Vᵀ`` (F7.1), the layer's ``delta_weight``,
+  merged or not; the live model is left as it is;
 * adapters, prompt, prefix and P-tuning add layers, tokens or keys that no T5 or GPT-2
   checkpoint has a place for: refused (save their trained tensors with ``save_trained``).
 
@@ -63,7 +64,7 @@ def base_state(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         raise ExportError(
             f"method {peft.name!r} adds {'inputs' if not extra else 'parameters'} a plain "
             f"{type(peft.model).__name__} checkpoint has no place for: only methods that change the base "
-            f"weights (full, bitfit, lora) export; save its trained tensors with save_trained instead")
+            f"weights (full, bitfit, lora, adalora) export; save its trained tensors with save_trained instead")
     if not peft.enabled:
         raise ExportError(f"method {peft.name!r} is switched off (inside disabled()): export the base "
                           f"model itself (peft.model) or leave the context first")
@@ -76,7 +77,7 @@ def base_state(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
                               f"that cannot be folded into the base weights (a non-linearity sits in between): "
                               f"save its trained tensors with save_trained instead")
         weight = module.base_layer.weight.detach()
-        if not module.merged:                                   # F6.3, F6.5  W = W_0 + (α/r) B A
+        if not module.merged:                                   # F6.3, F7.1  W = W_0 + ΔW
             weight = weight + module.delta_weight().detach()
         for key in [key for key in state if key.startswith(f"{name}.")]:
             del state[key]
@@ -214,7 +215,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m minipeft.export",
-        description="Write a train.py run (full, bitfit or lora; LoRA folded into the weights) as a Hugging "
+        description="Write a train.py run (full, bitfit, lora or adalora; the low-rank update folded into the "
+                    "weights) as a Hugging "
                     "Face checkpoint directory that transformers and minipeft.load_hf both load.")
     parser.add_argument("run_dir", help="the --out directory of a train.py run (holds peft.safetensors)")
     parser.add_argument("out_dir", help="the checkpoint directory to write (config.json, model.safetensors, tokenizer)")

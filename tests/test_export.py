@@ -73,6 +73,25 @@ def test_lora_export_loads_in_transformers_with_the_same_logits(transformers, tm
         assert (logits(peft, encoder_decoder) - ours).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("kind", ["t5", "gpt2"])
+def test_adalora_export_with_pruned_triplets_loads_in_transformers(transformers, tmp_path, kind):
+    """F7.1 folded: W = W_0 + (α/r) U diag(s) Vᵀ, with some s_i pruned to 0."""
+    peft = minipeft.get_peft(checkpoint(transformers, tmp_path, kind), "adalora", init_r=4, target_r=2,
+                             target_modules=["q", "v"] if kind == "t5" else ["c_attn"])
+    with torch.no_grad():
+        for layer in peft.allocator.layers.values():
+            layer.lora_E.normal_(0, 1.0, generator=torch.Generator().manual_seed(2))
+            layer.lora_E[:2] = 0.0                                      # two triplets pruned
+    encoder_decoder = peft.is_encoder_decoder
+    save_hf(peft, tmp_path / "exported")
+    hf_class = transformers.T5ForConditionalGeneration if encoder_decoder else transformers.GPT2LMHeadModel
+    hf = hf_class.from_pretrained(tmp_path / "exported").eval()
+    ours = logits(peft.eval(), encoder_decoder)
+    assert (logits(hf, encoder_decoder, hf=True) - ours).abs().max() <= 1e-4
+    with peft.disabled():
+        assert (logits(peft, encoder_decoder) - ours).abs().max() > 1e-3
+
+
 def test_export_does_not_change_the_model_and_merged_equals_unmerged(transformers, tmp_path):
     peft = with_trained_lora(checkpoint(transformers, tmp_path, "t5"), ["q", "v"])
     before = {name: param.clone() for name, param in peft.named_parameters()}
