@@ -8,19 +8,21 @@ Public API:
     T5Tokenizer, GPT2Tokenizer
     get_peft(model, method, **options)   a PEFT method attached to a frozen model (methods/)
     MixedBatch(model, {task: peft})      trained prompts / prefixes of one base, one per example (F2.5, F5.8)
+    ProxyTuned(base, expert, anti_expert)   a model steered by a tuned pair's logits at decoding (F9.1)
 """
 
 from .convert import CheckpointError, load_hf
 from .gpt import GPT, GPTConfig
 from .methods import MixedBatch, get_peft
 from . import optim  # noqa: F401  (minipeft.optim.AdamW, …)
+from .proxy import ProxyTuned
 from .shapes import Dims, ShapeError, check_shape
 from .t5 import T5Config, T5Model
 from .tokenizers import GPT2Tokenizer, T5Tokenizer
 
 __all__ = ["load_hf", "save_hf", "CheckpointError", "ExportError", "T5Model", "T5Config", "GPT", "GPTConfig", "Dims", "ShapeError",
            "check_shape", "T5Tokenizer", "GPT2Tokenizer", "get_peft",
-           "MixedBatch"]
+           "MixedBatch", "ProxyTuned"]
 
 
 def __getattr__(name):
