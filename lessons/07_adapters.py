@@ -55,11 +55,13 @@ torch.set_num_threads(1)
 # %% [markdown]
 # ## 1. The code
 #
-# `BottleneckAdapter` is F1.1 and F1.4; `AdapterAfter` wraps a sublayer (attention or FFN) and
+# `BottleneckAdapter` is F1.1 and F1.4 (`branch` is what the adapter adds, `forward` adds it to its
+# input); `AdapterAfter` wraps a sublayer (attention or FFN) and
 # applies the adapter to its output, *inside* the block's residual: a T5 block then computes
 # `x + dropout(Adapter(sublayer(norm(x))))`.
 
 # %%
+print(inspect.getsource(BottleneckAdapter.branch))
 print(inspect.getsource(BottleneckAdapter.forward))
 print(inspect.getsource(BottleneckAdapter.reset_parameters))
 print(inspect.getsource(AdapterAfter.forward))

@@ -17,7 +17,7 @@ can be exported only when it changes those weights and adds nothing else:
 * LoRA and AdaLoRA: each adapted layer is written with ``W = W_0 + ΔW``, ``ΔW = (α/r) B A``
   (F6.3 with F6.5's scaling) or ``(α/r) U diag(s) Vᵀ`` (F7.1), the layer's ``delta_weight``,
   merged or not; the live model is left as it is;
-* adapters, prompt, prefix and P-tuning add layers, tokens or keys that no T5 or GPT-2
+* adapters (fused or not), prompt, prefix and P-tuning add layers, tokens or keys that no T5 or GPT-2
   checkpoint has a place for: refused (save their trained tensors with ``save_trained``).
 
 The same three conventions as on the way in: GPT-2's Conv1D weights are stored (in, out), so ours

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from . import bases
 from .methods import method_names
+from .methods.registry import method_class
 from .methods.base import base_fingerprint, read_checkpoint
 from .methods.registry import make_options
 from .taskdata import task_names
@@ -163,12 +164,18 @@ BASE_OPTIONS = {(name, "bitfit"): {"bitfit_fallback": "layer_norm"}
                 for name in bases.BASE_NAMES if bases.architecture(name) == "tiny-t5"}
 
 
+def grid_methods() -> list[str]:
+    """Every method that trains from a base alone: AdapterFusion, which fuses adapters of earlier
+    runs (F8.1–F8.2), is run by its own commands (README, "AdapterFusion")."""
+    return [method for method in method_names() if not method_class(method).builds_on_runs]
+
+
 def readme_grid(tasks: list[str]) -> list[tuple[str, bool, str, str]]:
     """The README's tables: every method × task on tiny-t5, every method on the sentiment task of
     tiny-gpt and of the LM-adapted tiny-t5-lm, and the full / probe baselines on an untrained
     tiny-t5 for every task."""
-    grid = [("tiny-t5", False, task, method) for task in tasks for method in method_names()]
-    grid += [(base, False, "sentiment", method) for base in ("tiny-gpt", "tiny-t5-lm") for method in method_names()]
+    grid = [("tiny-t5", False, task, method) for task in tasks for method in grid_methods()]
+    grid += [(base, False, "sentiment", method) for base in ("tiny-gpt", "tiny-t5-lm") for method in grid_methods()]
     grid += [("tiny-t5", True, task, method) for task in tasks for method in ("full", "probe")]
     return grid
 
@@ -206,8 +213,8 @@ def main(argv=None) -> int:
                         help="the README's grid: every method × task on tiny-t5, every method on the "
                              "sentiment of tiny-gpt and tiny-t5-lm, full and probe on an untrained tiny-t5 "
                              "(of those, only --methods; ignores --models)")
-    parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names(), metavar="METHOD",
-                        help=f"(default: all: {', '.join(method_names())})")
+    parser.add_argument("--methods", nargs="+", default=grid_methods(), choices=grid_methods(), metavar="METHOD",
+                        help=f"(default: all: {', '.join(grid_methods())})")
     parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="(default: every task in data/tasks)")
     parser.add_argument("--models", nargs="+", default=["tiny-t5"], choices=TINY_BASES + HF_BASES, metavar="MODEL",
                         help="tiny-t5, tiny-gpt and/or tiny-t5-lm (default tiny-t5); t5 or gpt2 with --weights")

@@ -84,10 +84,15 @@ class BottleneckAdapter(nn.Module):
         """F1.4: W_down Xavier-normal, W_up = 0 and biases = 0, so the branch is 0 and Adapter(h) = h."""
         raise NotImplementedError("exercise: F1.4 W_down Xavier-normal; W_up and the biases chosen so that Adapter(h) = h at the start")
 
-    def forward(self, h):                                        # h: (…, C)
+    def branch(self, h):                                         # h: (…, C)
+        """F1.1's branch ``W_up σ(W_down h)``, (…, C) → (…, C): what the adapter adds to ``h``
+        (AdapterFusion, F8.3, mixes these)."""
         Dims("F1.1 adapter", C=self.up.out_features).check("h", h, "... C")
         sigma = NON_LINEARITIES[self.non_linearity]
-        raise NotImplementedError("exercise: F1.1 Adapter(h) = h + W_up σ(W_down h)")
+        raise NotImplementedError("exercise: F1.1 the branch W_up σ(W_down h)")
+
+    def forward(self, h):                                        # h: (…, C)
+        raise NotImplementedError("exercise: F1.1 Adapter(h) = h + the branch")
 
     def extra_repr(self) -> str:
         return f"non_linearity={self.non_linearity}"
@@ -104,6 +109,16 @@ class AdapterAfter(MethodLayer):
     def forward(self, *args, **kwargs):
         out = self.base_layer(*args, **kwargs)                   # (B, T, C)
         return self.adapter(out) if self.enabled else out
+
+
+def bottleneck_size(options, width: int) -> int:
+    """r: ``adapter_size``, or ``width // reduction_factor``, or 64."""
+    if options.reduction_factor is not None:
+        if width < options.reduction_factor:
+            raise ValueError(f"reduction_factor={options.reduction_factor} is larger than the model "
+                             f"width {width}: the bottleneck would be empty")
+        return width // options.reduction_factor
+    return options.adapter_size or DEFAULT_ADAPTER_SIZE
 
 
 def adapted_sublayers(block: nn.Module, placement: str, cross_adapter: bool) -> tuple[str, ...]:
@@ -143,12 +158,7 @@ class Adapter(PeftModel):
                     raise ValueError(f"{knob} must be a positive integer, got {value!r}")
 
     def bottleneck(self, width: int) -> int:
-        if self.options.reduction_factor is not None:
-            if width < self.options.reduction_factor:
-                raise ValueError(f"reduction_factor={self.options.reduction_factor} is larger than the model "
-                                 f"width {width}: the bottleneck would be empty")
-            return width // self.options.reduction_factor
-        return self.options.adapter_size or DEFAULT_ADAPTER_SIZE
+        return bottleneck_size(self.options, width)
 
     def attach(self):
         options = self.options

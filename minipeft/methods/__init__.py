@@ -10,6 +10,7 @@ from .registry import METHODS, get_peft, method_names, register
 
 # Importing a method module registers it.
 from . import adapter, bitfit, full, lora, probe  # noqa: E402,F401  (isort: skip)
+from . import fusion  # noqa: E402,F401  (after adapter, whose layers it fuses)
 from . import adalora  # noqa: E402,F401  (after lora, whose class it extends)
 from . import prefix, prompt, ptuning, ptuning_v2  # noqa: E402,F401  (isort: skip)
 from .mixed import MixedBatch  # noqa: E402  (several prompts / prefixes in one batch, F2.5 / F5.8)

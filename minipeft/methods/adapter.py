@@ -87,11 +87,18 @@ class BottleneckAdapter(nn.Module):
                 nn.init.zeros_(linear.bias)
         # end exercise
 
-    def forward(self, h):                                        # h: (…, C)
+    def branch(self, h):                                         # h: (…, C)
+        """F1.1's branch ``W_up σ(W_down h)``, (…, C) → (…, C): what the adapter adds to ``h``
+        (AdapterFusion, F8.3, mixes these)."""
         Dims("F1.1 adapter", C=self.up.out_features).check("h", h, "... C")
         sigma = NON_LINEARITIES[self.non_linearity]
-        # exercise: F1.1 Adapter(h) = h + W_up σ(W_down h)
-        return h + self.up(sigma(self.down(h)))                 # (…, C)
+        # exercise: F1.1 the branch W_up σ(W_down h)
+        return self.up(sigma(self.down(h)))                     # (…, C)
+        # end exercise
+
+    def forward(self, h):                                        # h: (…, C)
+        # exercise: F1.1 Adapter(h) = h + the branch
+        return h + self.branch(h)                               # (…, C)
         # end exercise
 
     def extra_repr(self) -> str:
@@ -109,6 +116,16 @@ class AdapterAfter(MethodLayer):
     def forward(self, *args, **kwargs):
         out = self.base_layer(*args, **kwargs)                   # (B, T, C)
         return self.adapter(out) if self.enabled else out
+
+
+def bottleneck_size(options, width: int) -> int:
+    """r: ``adapter_size``, or ``width // reduction_factor``, or 64."""
+    if options.reduction_factor is not None:
+        if width < options.reduction_factor:
+            raise ValueError(f"reduction_factor={options.reduction_factor} is larger than the model "
+                             f"width {width}: the bottleneck would be empty")
+        return width // options.reduction_factor
+    return options.adapter_size or DEFAULT_ADAPTER_SIZE
 
 
 def adapted_sublayers(block: nn.Module, placement: str, cross_adapter: bool) -> tuple[str, ...]:
@@ -148,12 +165,7 @@ class Adapter(PeftModel):
                     raise ValueError(f"{knob} must be a positive integer, got {value!r}")
 
     def bottleneck(self, width: int) -> int:
-        if self.options.reduction_factor is not None:
-            if width < self.options.reduction_factor:
-                raise ValueError(f"reduction_factor={self.options.reduction_factor} is larger than the model "
-                                 f"width {width}: the bottleneck would be empty")
-            return width // self.options.reduction_factor
-        return self.options.adapter_size or DEFAULT_ADAPTER_SIZE
+        return bottleneck_size(self.options, width)
 
     def attach(self):
         options = self.options

@@ -41,6 +41,7 @@ class MethodLayer(nn.Module):
 class PeftModel(nn.Module):
     name: ClassVar[str] = ""
     freezes_base: ClassVar[bool] = True
+    builds_on_runs: ClassVar[bool] = False   # True: made from other runs' checkpoints (AdapterFusion)
 
     @dataclasses.dataclass(frozen=True)
     class Options:
