@@ -218,7 +218,45 @@ print(f"average {sum(scores.values()) / len(scores):.0%}, best {max(scores.value
 # or an adapter cannot be mixed this way: it changes layers that every example goes through.
 # `MixedBatch.load(model, {"copy": "runs/copy/peft.safetensors", …})` mixes saved checkpoints.
 #
-# ## 6. Exercise
+# ## 6. Where soft prompts came from: a discrete prompt and an answer mapping (F10.5)
+#
+# Before any prompt was trained, seed 003 §3.1.1 prompts with words: a *template* turns the input
+# into text the model knows from pretraining, and an *answer mapping* turns each label into words,
+#
+# > 分类型(classification)：如"[X] It was [MASK]."  人工定义：如 "positive"→"great", "negative"→"terrible"
+#
+# and the model's most probable filling of `[MASK]` is the answer. Nothing trains.
+# `minipeft.discrete_prompt.DiscretePrompt` does it with the shipped decoder-only base on the
+# sentiment reviews (`python -m minipeft.discrete_prompt` is the same on the command line):
+
+# %%
+from minipeft import bases  # noqa: E402
+from minipeft.discrete_prompt import DiscretePrompt  # noqa: E402
+from minipeft.taskdata import load_task  # noqa: E402
+
+gpt, gpt_tokenizer = bases.load_base("tiny-gpt")
+reviews = load_task("sentiment").test[:60 if FAST else 300]
+inputs, labels = [review.input for review in reviews], [review.target for review in reviews]
+# The text the model reads; the blank is written as T5's sentinel, and a left-to-right model reads
+# the text before it and scores each label's words as what comes next.
+print(DiscretePrompt("[X] It was [MASK].", {"positive": "great", "negative": "terrible"}).text(inputs[0]))
+for template in ("[X] It was [MASK].", "[X] Overall it was [MASK]."):
+    for positive, negative in (("great", "terrible"), ("good", "bad")):
+        prompt = DiscretePrompt(template, {"positive": positive, "negative": negative})
+        print(f"{template!r:32} {positive + '/' + negative:<16} zero-shot accuracy "
+              f"{prompt.accuracy(gpt, gpt_tokenizer, inputs, labels):.0%}")
+
+# %% [markdown]
+# The base was never trained on the task, and the words alone carry it well above chance (50 %).
+# But which words is a matter of trial: a template that reads one word differently, a mapping to
+# other adjectives, and the score moves by many points. That brittleness, and the work of searching
+# for the wording, is what prompt tuning removes: the m vectors of F2.1 are found by gradient
+# descent instead of by hand, and need not be words at all. (A span-corruption T5 such as tiny-t5
+# answers such a blank with one label for every review, 50 %: it was trained to fill gaps inside
+# a text, not to end one, the reason Lester et al. LM-adapt T5 before prompt tuning it;
+# README, "Before soft prompts", has the measured table.)
+#
+# ## 7. Exercise
 #
 # `lessons/exercises/methods.prompt.py` is `prompt.py` with F2.1 taken out. Write it, then:
 #

@@ -1,4 +1,4 @@
-"""Full fine-tuning: every weight of the model trains. The baseline every PEFT method is measured
+"""Full fine-tuning (F10.2): every weight of the model trains. The baseline every PEFT method is measured
 against: its trainable% is 100, and its checkpoint is the whole model."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Linear probing: the whole model is frozen and only the output head trains.
+"""Linear probing (F10.1, seed 002: a task head trained on frozen features): the whole model is
+frozen and only the output head trains.
 
 The head is the last linear map, hidden (B, T, C) → logits (B, T, V). Both of our models tie it to
 the token embedding (T5 v1.0, GPT-2), so training it in place would also change the input
