@@ -4,6 +4,8 @@
     python train.py --method lora --option r=4 --task e2e
     python train.py --method full --model t5 --weights DIR --data my.jsonl
     python train.py --eval-only --resume out              reload the trained tensors, test again
+    python train.py --method ptuning_v2 --task sentiment+nli --out multi    one prompt for two tasks,
+    python train.py --method ptuning_v2 --task nli --init-from multi         then continued on one (F4.3)
     torchrun --nproc_per_node=2 train.py --method lora    the same run on 2 processes
 
 Flags only (no config files); every run's record goes to OUT/metrics.json. See
@@ -70,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--weights", metavar="DIR", help="a Hugging Face t5/gpt2 checkpoint directory "
                       "(config.json, model.safetensors, spiece.model or vocab.json + merges.txt)")
     what.add_argument("--random-base", action="store_true", help="an untrained base of the same architecture")
-    what.add_argument("--task", help=f"an embedded task in data/tasks (default {DEFAULTS.task})")
+    what.add_argument("--task", help=f"an embedded task in data/tasks (default {DEFAULTS.task}); tasks scored "
+                      f"alike mix with +, e.g. sentiment+nli (one model or prompt for both, F4.3)")
     what.add_argument("--data", metavar="FILE", help="your own .jsonl ({\"input\", \"target\"} per line) or "
                       ".tsv (input<TAB>target); train.jsonl with dev.jsonl + test.jsonl beside it uses those, "
                       "any other file is split 80/10/10 with a fixed seed")
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                        f"(default {DEFAULTS.out}; with --resume, the resumed directory)")
     files.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (flags given now override)")
     files.add_argument("--eval-only", action="store_true", help="with --resume: only evaluate on the test set")
+    files.add_argument("--init-from", metavar="DIR", help="start from the trained tensors (and the method options) "
+                       "of the run in DIR, on this run's task, steps and optimiser: e.g. a prompt trained on "
+                       "--task sentiment+nli, continued on nli (F4.3)")
     return parser
 
 

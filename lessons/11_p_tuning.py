@@ -136,7 +136,23 @@ for title, method, options, lr in experiments:
 # One seed, a tiny model: a demonstration that both methods can stand in for the missing
 # instruction, not a ranking.
 #
-# ## 5. Exercise
+# ## 5. Multi-task prompts (F4.3)
+#
+# P-tuning v2's recipe for small data: first train *one* prompt on several tasks at once, then
+# continue it on the one you want. The prompt's tensors are the same shape whatever the task, so the
+# second stage is only a starting point; `train.py` has both halves, tasks joined by `+` (their
+# examples interleaved) and `--init-from`, which starts a run from another run's trained tensors
+# and method options:
+#
+#     python train.py --method ptuning_v2 --task sentiment+nli --out runs/multi      # stage 1
+#     python train.py --method ptuning_v2 --task nli --init-from runs/multi          # stage 2
+#
+# On tiny-t5 (README, "One prompt for several tasks") the continued prompt beats one trained on nli
+# alone for as many nli steps, but hardly one trained on nli alone for as many steps in all: at
+# this scale the first stage's gain is mostly the extra steps. Too slow for this lesson's budget,
+# so it is not run here.
+#
+# ## 6. Exercise
 #
 # `lessons/exercises/methods.ptuning.py` is `ptuning.py` with F3.1's index and F3.2's encoder
 # taken out. Write them, then:

@@ -31,6 +31,7 @@ cut target would teach the model to stop early.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -150,7 +151,9 @@ def task_names() -> list[str]:
 
 
 def load_task(name: str) -> TaskData:
-    """An embedded task, ``data/tasks/<name>/{train,dev,test}.jsonl``."""
+    """An embedded task, ``data/tasks/<name>/{train,dev,test}.jsonl``; ``"sentiment+nli"`` mixes tasks."""
+    if "+" in name:
+        return mix_tasks([load_task(part) for part in name.split("+")])
     directory = TASK_DIR / name
     if not (directory / "train.jsonl").is_file():
         raise DataError(f"no task {name!r} in {TASK_DIR}; available: {', '.join(task_names()) or '(none)'} "
@@ -159,6 +162,23 @@ def load_task(name: str) -> TaskData:
     # The world that wrote the E2E task knows how each value is said ("familyFriendly[yes]" → "family friendly").
     phrases = world.slot_phrases if name == "e2e" else None
     return TaskData(name, splits["train"], splits["dev"], splits["test"], task_kind(splits["train"]), phrases)
+
+
+def mix_tasks(tasks: list[TaskData]) -> TaskData:
+    """Several tasks as one (P-tuning v2's multi-task stage, F4.3): every split interleaved, one
+    example of each task in turn, so the first N dev examples evaluated during training hold all of
+    them. The inputs already say which task they are (text-to-text); the tasks must be scored alike."""
+    kinds = {task.kind for task in tasks}
+    if len(kinds) > 1 or len(tasks) < 2:
+        raise DataError(f"tasks mix only with tasks scored alike, two or more: got "
+                        f"{', '.join(f'{task.name} ({task.kind})' for task in tasks)}")
+    phrases = next((task.slot_phrases for task in tasks if task.slot_phrases is not None), None)
+
+    def interleave(splits: list[list[Example]]) -> list[Example]:
+        return [example for group in itertools.zip_longest(*splits) for example in group if example is not None]
+    return TaskData("+".join(task.name for task in tasks), interleave([task.train for task in tasks]),
+                    interleave([task.dev for task in tasks]), interleave([task.test for task in tasks]),
+                    kinds.pop(), phrases)
 
 
 def load_user_data(path: str | Path) -> TaskData:

@@ -155,6 +155,7 @@ def default_steps_text() -> str:
     """The default steps in words, for --help: "300; 3000 for nli, 1000 for e2e" and, where a method
     has its own on a task (TASK_DEFAULTS), "; STEPS for METHOD on BASE's TASK"."""
     text = f"{DEFAULT_STEPS}; " + ", ".join(f"{steps} for {task}" for task, steps in TASK_STEPS.items())
+    text += "; mixed tasks (a+b) the most of theirs"
     own = [f"{settings['steps']} for {method} on {model}'s {task}"
            for (model, task, method), settings in TASK_DEFAULTS.items() if "steps" in settings]
     return text + "".join(f"; {entry}" for entry in own)
@@ -190,12 +191,15 @@ class TrainConfig:
     eval_examples: int = 200                      # dev examples per evaluation during training
     select: str = "last"                          # which evaluated step's tensors to test: see SELECTIONS
     max_length: int | None = None                 # None: the model's limit (GPT) or 512 (T5)
+    init_from: str | None = None                  # start from another run's trained tensors (F4.3; DIR or file)
     out: str = "out"
 
     def __post_init__(self):
         if self.steps is None:
             object.__setattr__(self, "steps", self.default_steps)
-        object.__setattr__(self, "options", {**self.task_defaults.get("options", {}), **self.options})
+        # A run that starts from another's tensors (init_from) takes that run's options, not this task's defaults.
+        defaults = {} if self.init_from else self.task_defaults.get("options", {})
+        object.__setattr__(self, "options", {**defaults, **self.options})
         for name in ("steps", "batch_size", "eval_every", "eval_examples"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -220,6 +224,8 @@ class TrainConfig:
         (TASK_STEPS), else DEFAULT_STEPS (always for user data)."""
         if self.data:
             return DEFAULT_STEPS
+        if "+" in self.task:   # mixed tasks: the most any of them needs
+            return max(TASK_STEPS.get(part, DEFAULT_STEPS) for part in self.task.split("+"))
         return self.task_defaults.get("steps", TASK_STEPS.get(self.task, DEFAULT_STEPS))
 
     @property
@@ -325,6 +331,25 @@ def attach_method(model, config: TrainConfig):
         return get_peft(model, config.method, **options)
     except (ValueError, TypeError) as error:   # unknown method or option, bad option value
         raise TrainingError(str(error)) from None
+
+
+def start_from_run(model, config: TrainConfig):
+    """The method of the run at ``config.init_from`` with its trained tensors, to train on from there
+    (P-tuning v2's multi-task prompt continued on one task, F4.3; any method). Its options are the
+    saved run's: an ``--option`` that disagrees is refused rather than silently ignored."""
+    path = Path(config.init_from)
+    path = path / PEFT_FILE if path.is_dir() else path
+    try:
+        peft = load_trained(model, path, method=config.method)
+    except (ValueError, FileNotFoundError) as error:
+        raise TrainingError(f"--init-from {config.init_from}: {error}") from None
+    saved = json.loads(json.dumps(dataclasses.asdict(peft.options)))
+    differing = sorted(key for key, value in json.loads(json.dumps(config.options)).items() if saved.get(key) != value)
+    if differing:
+        raise TrainingError(f"--init-from {config.init_from} brings its method's options "
+                            f"({', '.join(f'{key}={saved.get(key)!r}' for key in differing)}); --option cannot "
+                            f"change them: drop --option {differing[0]}=… or start without --init-from")
+    return peft
 
 
 def make_batcher(peft, tokenizer, config: TrainConfig) -> Batcher:
@@ -533,6 +558,9 @@ class Run:
                 self.peft = load_trained(base, Path(resume) / PEFT_FILE, method=config.method)
             except (ValueError, FileNotFoundError) as error:
                 raise TrainingError(str(error)) from None
+        elif config.init_from is not None:   # F4.3's second stage: another run's tensors go on training here
+            self.peft = start_from_run(base, config)
+            self.config = config = dataclasses.replace(config, options=dataclasses.asdict(self.peft.options))
         else:
             self.peft = attach_method(base, config)
         self.peft.to(self.device)
@@ -742,7 +770,7 @@ class Run:
         c = self.config
         return {
             "method": c.method, "model": c.model, "task": self.data.name, "kind": self.data.kind,
-            "random_base": c.random_base, "options": c.options,
+            "random_base": c.random_base, "options": c.options, "init_from": c.init_from,
             "trainable_params": self.trainable, "total_params": self.total,
             "trainable_percent": 100 * self.trainable / self.total,
             "metrics": metrics, "score_name": score_name(self.data.kind), "score": metrics[score_name(self.data.kind)],

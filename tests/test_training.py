@@ -393,6 +393,7 @@ def test_default_steps_come_from_the_task():
     assert TrainConfig(task="e2e").steps == training.TASK_STEPS["e2e"]
     assert TrainConfig(task="e2e", steps=7).steps == 7
     assert TrainConfig(task="e2e", data="mine.jsonl").steps == training.DEFAULT_STEPS   # --data: not the task
+    assert TrainConfig(task="sentiment+nli").steps == training.TASK_STEPS["nli"]          # mixed: the most
 
 
 def test_a_method_s_own_steps_on_a_task_win_over_the_task_s(monkeypatch):
@@ -529,3 +530,47 @@ def test_results_refuses_bad_flags_before_the_first_run(flags, message, tmp_path
     assert results.main(["--methods", "full", "--out", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
+
+
+# -- several tasks, and a run that starts from another's tensors (F4.3) ---------------------------
+
+def test_tasks_joined_by_plus_are_one_task_interleaved():
+    from minipeft.taskdata import load_task
+    sentiment, nli, both = load_task("sentiment"), load_task("nli"), load_task("sentiment+nli")
+    assert both.name == "sentiment+nli" and both.kind == "classification"
+    for split in ("train", "dev", "test"):
+        mixed, first, second = getattr(both, split), getattr(sentiment, split), getattr(nli, split)
+        assert sorted(map(str, mixed)) == sorted(map(str, first + second))
+        assert mixed[:4] == [first[0], second[0], first[1], second[1]]     # every dev prefix holds both
+    with pytest.raises(DataError, match="scored alike"):
+        load_task("sentiment+e2e")
+    with pytest.raises(DataError, match="no task 'nosuch'"):
+        load_task("sentiment+nosuch")
+
+
+def test_init_from_starts_where_the_other_run_ended_with_its_options(t5_dir, task, tmp_path):
+    first = config(t5_dir, task, tmp_path / "first", method="lora", options={"r": 2}, lr=1e-2)
+    run(first, log=quiet)
+    saved = load_file(tmp_path / "first" / PEFT_FILE)
+    second = config(t5_dir, task, tmp_path / "second", method="lora", init_from=str(tmp_path / "first"))
+    job = training.Run(second, log=quiet)
+    assert job.config.options["r"] == 2                                  # the first run's options, not LoRA's 8
+    assert {name: tensor for name, tensor in job.peft.trained_state_dict().items()}.keys() == saved.keys()
+    assert all(torch.equal(job.peft.trained_state_dict()[name], tensor) for name, tensor in saved.items())
+    record = job.train()
+    assert record["init_from"] == str(tmp_path / "first") and record["options"]["r"] == 2
+    # and the continued run resumes and reloads like any other
+    assert run(training.config_for_resume(tmp_path / "second", {}), resume=tmp_path / "second", eval_only=True,
+               log=quiet)["metrics"] == record["metrics"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(method="lora", options={"r": 4}), "--option cannot change them: drop --option r"),
+    (dict(method="prompt"), "holds a 'lora' checkpoint, not 'prompt'"),
+    (dict(method="lora", init_from="nowhere"), "--init-from nowhere: no PEFT checkpoint"),
+])
+def test_init_from_refuses_another_method_other_options_and_a_missing_run(t5_dir, task, tmp_path, changes, message):
+    run(config(t5_dir, task, tmp_path / "first", method="lora", options={"r": 2}), log=quiet)
+    settings = {"init_from": str(tmp_path / "first"), **changes}
+    with pytest.raises(TrainingError, match=message):
+        training.Run(config(t5_dir, task, tmp_path / "second", **settings), log=quiet)

@@ -4,6 +4,7 @@ Universally Across Scales and Tasks"): deep prompts, a trained prompt at every l
     F4.1  continuous prompts inserted as prefix tokens at every layer (not only the embedding)
     F4.2  reparametrisation optional; prompt length: classification < 20, sequence labelling ≈ 100
     F4.3  multi-task: train one shared prompt on several tasks, then continue on one
+          (train.py: ``--task sentiment+nli``, then ``--task nli --init-from THAT_RUN``; README)
 
 The mechanism is prefix tuning's (F5.3, ``prefix.py``): m trained key/value pairs in front of
 every attention layer's own. This module reuses that machinery and changes only what the
