@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from tiny_runs import write_task
 
 from minipeft.methods import count_parameters, get_peft, load_trained, save_trained
 from minipeft.methods.fusion import FusedAdapters, FusionAttention
@@ -271,12 +272,13 @@ def test_train_py_runs_both_stages_and_reloads_the_fusion(tmp_path, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     short = ["--steps", "2", "--batch-size", "4", "--eval-examples", "8", "--threads", "1"]
-    for task in ("sentiment", "nli"):
-        code = script.main(["--method", "adapter", "--task", task, "--option", "train_layer_norms=false",
-                            "--option", "cross_adapter=true", *short, "--out", str(tmp_path / task)])
+    data = {kind: str(write_task(tmp_path / f"{kind}_data", kind, sizes=(16, 8, 8))) for kind in ("sentiment", "table")}
+    for kind, path in data.items():      # two small tasks of the test world, tested on 8 examples each
+        code = script.main(["--method", "adapter", "--data", path, "--option", "train_layer_norms=false",
+                            "--option", "cross_adapter=true", *short, "--out", str(tmp_path / kind)])
         assert code == 0, capsys.readouterr().err
-    adapters = f"adapters={tmp_path / 'sentiment' / 'peft.safetensors'},{tmp_path / 'nli' / 'peft.safetensors'}"
-    code = script.main(["--method", "adapter_fusion", "--task", "sentiment", "--option", adapters, *short,
+    adapters = f"adapters={tmp_path / 'sentiment' / 'peft.safetensors'},{tmp_path / 'table' / 'peft.safetensors'}"
+    code = script.main(["--method", "adapter_fusion", "--data", data["sentiment"], "--option", adapters, *short,
                         "--out", str(tmp_path / "fusion")])
     out, err = capsys.readouterr()
     assert code == 0, err

@@ -149,7 +149,8 @@ class AdapterFusion(PeftModel):
         def __post_init__(self):
             for knob in ("adapters", "adapter_digests"):      # one path on the command line is a str
                 value = getattr(self, knob)
-                object.__setattr__(self, knob, (value,) if isinstance(value, str) else tuple(value))
+                object.__setattr__(self, knob, (str(value),) if isinstance(value, (str, Path)) else
+                                   tuple(str(item) for item in value))
             if len(self.adapters) < 2:
                 raise ValueError("adapter_fusion fuses N >= 2 trained adapters: pass their checkpoints, e.g. "
                                  "get_peft(model, 'adapter_fusion', adapters=('runs/a/peft.safetensors', "
