@@ -212,7 +212,7 @@ shared = fuse(("copy", "reverse"), stage_steps, share_fusion=True)
 #     python train.py --method adapter_fusion --task nli \
 #         --option adapters=runs/a_sentiment/peft.safetensors,runs/a_e2e/peft.safetensors,runs/a_nli/peft.safetensors
 #
-# (README, "AdapterFusion", has what that gives on the embedded tasks.)
+# (README, "Combining adapters", has what that gives on the embedded tasks.)
 
 # %%
 save_trained(shared, work / "fusion.safetensors")

@@ -166,7 +166,7 @@ BASE_OPTIONS = {(name, "bitfit"): {"bitfit_fallback": "layer_norm"}
 
 def grid_methods() -> list[str]:
     """Every method that trains from a base alone: AdapterFusion, which fuses adapters of earlier
-    runs (F8.1–F8.2), is run by its own commands (README, "AdapterFusion")."""
+    runs (F8.1–F8.2), is run by its own commands (README, "Combining adapters")."""
     return [method for method in method_names() if not method_class(method).builds_on_runs]
 
 

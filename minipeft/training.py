@@ -78,7 +78,7 @@ PREDICTIONS_FILE, EVAL_PREDICTIONS_FILE = "predictions.jsonl", "eval_predictions
 # (--model t5 --weights) start lower, e.g. --lr 1e-3. AdaLoRA: 1e-2, its s starting at 0 (T5
 # sentiment, all 300 dev examples: seeds 0/1/2 mean dev 80.5 % against 79.8 % at 3e-2; seed 0 at 3e-3
 # 78.3 %, at 1e-3 test 68.5 %). AdapterFusion: 1e-3 (tiny-t5 nli over its sentiment, e2e and nli
-# adapters, seed 0: dev 62.5 % against 61.5 % at 3e-3, test 66.0 against 63.7 %; README, AdapterFusion).
+# adapters, seed 0: dev 62.5 % against 61.5 % at 3e-3, test 66.0 against 63.7 %; README, "Combining adapters").
 # A method class may instead declare its own ``default_lr``, which wins over this table.
 DEFAULT_LR = {"full": 3e-4, "probe": 3e-2, "bitfit": 3e-3, "lora": 3e-3, "adalora": 1e-2, "adapter": 1e-2,
               "adapter_fusion": 1e-3, "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2, "ptuning_v2": 1e-2}
