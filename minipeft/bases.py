@@ -317,23 +317,32 @@ def cloze_probe(model, tokenizer: T5Tokenizer, items, continuation: bool | None 
     token, as it would in generation.
     Returns the accuracy, the chance level (the mean of 1/#candidates) and the number of items,
     overall and per slot (``by_slot``)."""
-    was_training = model.training
-    model.eval()
-    answers = []  # (slot, chose the true value, 1/#candidates) per item
-    continuation = not isinstance(model, T5Model) if continuation is None else continuation
-    for item in items:
-        spans = [tokenizer.encode(words, add_eos=False) for words in item.candidates.values()]
-        with torch.no_grad():
-            scores = candidate_log_probs(model, tokenizer, item, spans, continuation)
-        chosen = list(item.candidates)[int(scores.argmax())]
-        answers.append((item.slot, chosen == item.answer, 1 / len(item.candidates)))
-    model.train(was_training)
+    items = list(items)
+    answers = [(item.slot, chosen == item.answer, 1 / len(item.candidates))   # per item: (slot, right, chance)
+               for item, chosen in zip(items, cloze_choices(model, tokenizer, items, continuation))]
 
     def summary(rows):
         return {"accuracy": sum(right for _, right, _ in rows) / len(rows),
                 "chance": sum(chance for _, _, chance in rows) / len(rows), "items": len(rows)}
     slots = sorted({slot for slot, _, _ in answers})
     return {**summary(answers), "by_slot": {slot: summary([a for a in answers if a[0] == slot]) for slot in slots}}
+
+
+def cloze_choices(model, tokenizer: T5Tokenizer, items, continuation: bool | None = None) -> list[str]:
+    """For each item, the candidate (a key of ``item.candidates``) whose words score highest in its
+    blank (``candidate_log_probs``); ``continuation`` as in :func:`cloze_probe`. The model is put in
+    eval mode for it and left as it was."""
+    was_training = model.training
+    model.eval()
+    continuation = not isinstance(model, T5Model) if continuation is None else continuation
+    chosen = []
+    for item in items:
+        spans = [tokenizer.encode(words, add_eos=False) for words in item.candidates.values()]
+        with torch.no_grad():
+            scores = candidate_log_probs(model, tokenizer, item, spans, continuation)
+        chosen.append(list(item.candidates)[int(scores.argmax())])
+    model.train(was_training)
+    return chosen
 
 
 def candidate_log_probs(model, tokenizer: T5Tokenizer, item, spans: list[list[int]],

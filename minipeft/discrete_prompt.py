@@ -18,10 +18,10 @@ are the only knobs, chosen by hand, and the score moves a lot when they change; 
     python -m minipeft.discrete_prompt --model tiny-gpt --task sentiment \\
         --template "[X] Overall it was [MASK]." --answer positive=great --answer negative=terrible
 
-Scoring is ``bases.cloze_probe``'s: the sum of the words' token log-probabilities in the blank
-(a T5 trained with span corruption reads the text with ``<extra_id_0>`` in the blank and writes
-``<extra_id_0> words``; a GPT, or a T5 with ``continuation=True`` such as tiny-t5-lm, continues the
-text before the blank). The blank must end the template: a left-to-right model cannot read what
+Scoring is the cloze probes' (``bases.cloze_choices``): the sum of the words' token
+log-probabilities in the blank (a T5 trained with span corruption reads the text with
+``<extra_id_0>`` in the blank and writes ``<extra_id_0> words``; a GPT, or a T5 with
+``continuation=True`` such as tiny-t5-lm, continues the text before the blank). The blank must end the template: a left-to-right model cannot read what
 follows it.
 """
 
@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-
-import torch
 
 from .world.probes import BLANK, ClozeItem
 
@@ -50,7 +48,7 @@ class DiscretePrompt:
         if self.template.count(INPUT) != 1 or self.template.count(MASK) != 1:
             raise ValueError(f"a template has one {INPUT} (the input) and one {MASK} (the blank), "
                              f"e.g. '[X] It was [MASK].'; got {self.template!r}")
-        if self.template.rstrip(" .!?").endswith(MASK) is False:
+        if not self.template.rstrip(" .!?").endswith(MASK):
             raise ValueError(f"{MASK} must end the template (only punctuation after it): a left-to-right "
                              f"model cannot read what follows the blank; got {self.template!r}")
         if len(self.answers) < 2 or not all(words.strip() for words in self.answers.values()):
@@ -67,26 +65,13 @@ class DiscretePrompt:
                   for shown, label in self.demonstrations]
         return " ".join(solved + [self.template.replace(INPUT, x).replace(MASK, BLANK)])
 
-    def items(self, texts: list[str], labels: list[str] | None = None) -> list[ClozeItem]:
-        first = next(iter(self.answers))
-        return [ClozeItem("label", self.text(x), dict(self.answers), label)
-                for x, label in zip(texts, labels or [first] * len(texts))]
-
-    @torch.no_grad()
     def predict(self, model, tokenizer, texts: list[str], continuation: bool | None = None) -> list[str]:
-        """The label whose words score highest in each text's blank."""
-        from .bases import candidate_log_probs
-        from .t5 import T5Model
+        """The label whose words score highest in each text's blank (the cloze probes' scoring)."""
+        from .bases import cloze_choices
 
-        continuation = not isinstance(model, T5Model) if continuation is None else continuation
-        spans = [tokenizer.encode(words, add_eos=False) for words in self.answers.values()]
-        labels = list(self.answers)
-        was_training = model.training
-        model.eval()
-        chosen = [labels[int(candidate_log_probs(model, tokenizer, item, spans, continuation).argmax())]
-                  for item in self.items(texts)]
-        model.train(was_training)
-        return chosen
+        first = next(iter(self.answers))      # a ClozeItem's true answer: unused for a prediction
+        items = [ClozeItem("label", self.text(x), dict(self.answers), first) for x in texts]
+        return cloze_choices(model, tokenizer, items, continuation)
 
     def accuracy(self, model, tokenizer, inputs: list[str], labels: list[str],
                  continuation: bool | None = None) -> float:
