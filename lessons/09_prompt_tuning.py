@@ -265,3 +265,7 @@ for template in ("[X] It was [MASK].", "[X] Overall it was [MASK]."):
 # `lessons/exercises/methods.mixed.py` takes out the choice of each example's table and the vote:
 #
 #     pytest tests/test_mixed.py --exercise methods.mixed
+#
+# `lessons/exercises/discrete_prompt.py` takes out the text a discrete prompt gives the model:
+#
+#     pytest tests/test_discrete_prompt.py --exercise discrete_prompt

@@ -61,9 +61,11 @@ class DiscretePrompt:
 
     def text(self, x: str) -> str:
         """The demonstrations, filled in with their answers' words, then ``x`` with the blank."""
+        # exercise: F10.5 each demonstration's template with [X] its input and [MASK] its label's words, then x's with the BLANK
         solved = [self.template.replace(INPUT, shown).replace(MASK, self.answers[label])
                   for shown, label in self.demonstrations]
         return " ".join(solved + [self.template.replace(INPUT, x).replace(MASK, BLANK)])
+        # end exercise
 
     def predict(self, model, tokenizer, texts: list[str], continuation: bool | None = None) -> list[str]:
         """The label whose words score highest in each text's blank (the cloze probes' scoring)."""

@@ -1,6 +1,8 @@
 """Discrete prompts with an answer mapping (F10.5): the text the model reads, the label it picks
 (against log-probabilities computed one candidate at a time, without batching), what a shipped
-base gets zero-shot, and the errors."""
+base gets zero-shot, and the errors.
+
+Exercise: ``pytest tests/test_discrete_prompt.py --exercise discrete_prompt``."""
 
 import pytest
 import torch

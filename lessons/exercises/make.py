@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent.parent / "minipeft"
 MODULES = ("attention", "t5", "optim.adam", "optim.adafactor", "methods.prompt", "methods.prefix", "methods.ptuning",
            "methods.lora", "methods.adalora", "methods.adapter", "methods.fusion", "methods.bitfit", "methods.mixed", "objectives",
-           "proxy")
+           "proxy", "discrete_prompt")
 # The tests of a module are tests/test_<last part of its name>.py, unless listed here.
 TEST_FILES = {"optim.adam": "tests/test_optim.py", "optim.adafactor": "tests/test_optim.py"}
 
