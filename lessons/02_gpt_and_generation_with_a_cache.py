@@ -181,32 +181,35 @@ print(f"speed-up {without_cache_s / with_cache_s:.1f}×, same tokens: {torch.equ
 # keys). For a model this small, fixed per-step overhead hides part of the gain; it grows with
 # the length and the width.
 #
-# ### Greedy's head: screened in bfloat16, decided in float32
+# ### Greedy's head: screened in int8, decided in float32
 #
 # `decode_step` is the LM head applied to `model.step_features(state, tokens)`, the (B, C) hidden
 # state of the newest position. Greedy decoding needs only the argmax of the V logits, and on a
 # real model reading the (V, C) head is the biggest single cost of a step (66 MB for t5-small).
-# `minipeft/screening.py` reads a bfloat16 copy instead (half the bytes), recomputes its 16 best
-# tokens in float32, and keeps the answer only if a bound on bfloat16's rounding error proves that
-# no other token could beat it; otherwise it falls back to the float32 head. So the tokens are
-# the float32 argmax's. `generate` does this for heads of 4 M numbers or more; here is one of
-# t5-small's size:
+# `minipeft/screening.py` reads an int8 copy instead (a quarter of the bytes: each row as 8-bit
+# integers times one scale), recomputes its 64 best tokens in float32, and keeps the answer only
+# if a bound on the int8 rounding proves that no other token could beat it; otherwise it falls
+# back to the float32 head. So the tokens are the float32 argmax's. `generate` does this for
+# heads of 4 M numbers or more; here is one of t5-small's size, with hidden states that favour a
+# few tokens, as a trained model's do:
 
 # %%
 from minipeft import screening  # noqa: E402
 
 head = torch.randn(32128, 512) * 0.05                              # (V, C), a t5-small-sized head
-hidden = torch.randn(8, 512)                                       # (B, C), one step's features
+hidden = head[torch.arange(8) * 1000] * 20 + torch.randn(8, 512) * 0.5   # (B, C), one step's features
 screen = screening.screen_for(head, rows=8)
 if screen is None:
-    print("this CPU's oneDNN has no bfloat16 matmul: generate uses the float32 head")
+    print("this CPU has no int8 matmul (fbgemm) for torch: generate uses the float32 head")
 else:
     with torch.no_grad():
         float32_argmax = (hidden @ head.T).argmax(-1)
         screened = screening.greedy_tokens(hidden, head, screen=screen)
+        rounded, span, int8_logits = screening.screened_logits(hidden, screen.packed)
     print("screened tokens == float32 argmax:", torch.equal(screened, float32_argmax))
-    print(f"bound on the screen's error, row 0: {screen.max_row_norm * (hidden[0] - hidden[0].bfloat16().float()).norm():.4f}"
-          f" + {screen.max_rounding_norm * hidden[0].bfloat16().float().norm():.4f} + u·|logit|"
+    print(f"row 0: logit {(hidden[0] @ head.T).max():.3f}, int8 screen's {int8_logits[0].max():.3f}; "
+          f"bound on the screen's error {screen.max_row_norm * (hidden[0] - rounded[0]).norm():.4f}"
+          f" + {screen.max_rounding_norm * rounded[0].norm():.4f} + rounding"
           f"  (logits spread {(hidden[0] @ head.T).std():.2f})")
 
 # %% [markdown]

@@ -15,8 +15,8 @@ token chosen at step t-1: one row of attention per layer instead of re-running t
 While ``generate`` runs, every weight matrix is used from a copy packed for B-row matmuls
 (``packing.py``): the same numbers, laid out once for the small-batch kernel instead of at every step,
 and kept for the next call while the weights are unchanged. Greedy decoding reads the LM head
-through a bfloat16 screen and decides in float32 (``screening.py``): the same tokens, half the
-head's bytes.
+through an int8 screen and decides in float32 (``screening.py``): the same tokens, a quarter of
+the head's bytes.
 
 Generation does not switch the model to ``eval()``: call it yourself (dropout would otherwise
 make greedy decoding random). ``generate`` returns only the new tokens, (B, ≤ max_new_tokens);
@@ -103,7 +103,7 @@ def sample_loop(model, state, tokens, max_new_tokens, do_sample, temperature, to
         if do_sample:
             logits = model.decode_step(state, tokens)                                    # (B, V)
             next_tokens = choose_next(logits, do_sample, temperature, top_k, generator) # (B,)
-        else:   # the float32 argmax, screened in bfloat16 where it can be (screening.py)
+        else:   # the float32 argmax, screened in int8 where it can be (screening.py)
             next_tokens = greedy_tokens(model.step_features(state, tokens), model.head_weight(),
                                         packed=model.packed_head, screen=screen)        # (B,)
         next_tokens = next_tokens.masked_fill(finished, pad)

@@ -1,5 +1,7 @@
 """The decoding fast path computes the same thing as F.linear, and only while decoding."""
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -234,10 +236,19 @@ def test_generation_after_an_in_place_weight_change_uses_the_new_weights(index, 
     assert torch.equal(model.generate(ids, max_new_tokens=6), after)
 
 
-# -- greedy decoding's bfloat16 screen (screening.py) -------------------------------------------------------
+# -- greedy decoding's int8 screen (screening.py) -----------------------------------------------------------
 
-needs_bf16 = pytest.mark.skipif(not (packing.can_pack(torch.zeros(1)) and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                                reason="this torch build's oneDNN has no bfloat16 matmul on this CPU")
+def test_the_int8_screen_runs_on_an_x86_cpu_with_avx2():
+    """The screen's tests below skip where fbgemm cannot run; on an x86 CPU with AVX2 (CI's) it
+    must, or a broken probe would skip them all in silence."""
+    if platform.machine() not in ("x86_64", "AMD64") or torch.backends.cpu.get_cpu_capability() not in (
+            "AVX2", "AVX512"):
+        pytest.skip(f"not an x86 CPU with AVX2 ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()})")
+    assert screening.int8_matmul_available()
+
+
+needs_int8 = pytest.mark.skipif(not (packing.can_pack(torch.zeros(1)) and screening.int8_matmul_available()),
+                                reason="this torch build's fbgemm has no int8 matmul on this CPU")
 
 
 @pytest.fixture(autouse=True)
@@ -257,7 +268,7 @@ class CountingLinear:
         return packing.linear(*args, **kwargs)
 
 
-@needs_bf16
+@needs_int8
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
 def test_screened_greedy_tokens_are_the_float32_argmax(scale, monkeypatch):
     fallback = CountingLinear()
@@ -271,23 +282,23 @@ def test_screened_greedy_tokens_are_the_float32_argmax(scale, monkeypatch):
     assert fallback.calls < 5           # the screen decided (nearly) every step itself
 
 
-@needs_bf16
+@needs_int8
 def test_a_near_tie_among_the_candidates_is_decided_in_float32(monkeypatch):
     fallback = CountingLinear()
     monkeypatch.setattr(screening, "linear", fallback)
     weight = torch.randn(100, 32, generator=torch.Generator().manual_seed(1))
     hidden = 10 * weight[7:8] / weight[7].norm()                                      # (1, C): token 7 wins …
     weight[3] = weight[7] * (1 - 1e-6)                                                # … by 1e-6 over token 3,
-    screen = screening.screen_for(weight, rows=1)                                     # the same row in bfloat16
+    screen = screening.screen_for(weight, rows=1)                                     # the same row in int8
     assert screening.greedy_tokens(hidden, weight, screen=screen).item() == (hidden @ weight.T).argmax().item() == 7
     assert fallback.calls == 0
 
 
-@needs_bf16
+@needs_int8
 def test_more_near_ties_than_candidates_fall_back_to_float32(monkeypatch):
     fallback = CountingLinear()
     monkeypatch.setattr(screening, "linear", fallback)
-    weight = torch.randn(100, 32, generator=torch.Generator().manual_seed(1))
+    weight = torch.randn(200, 32, generator=torch.Generator().manual_seed(1))
     hidden = 10 * weight[7:8] / weight[7].norm()                                      # (1, C)
     for i, token in enumerate(range(40, 40 + screening.CANDIDATES + 4)):              # K + 4 rows all but equal
         weight[token] = weight[7] * (1 - (i + 1) * 1e-7)                              # to the winner's
@@ -296,7 +307,7 @@ def test_more_near_ties_than_candidates_fall_back_to_float32(monkeypatch):
     assert fallback.calls == 1
 
 
-@needs_bf16
+@needs_int8
 @pytest.mark.parametrize("index", [0, 1], ids=["t5", "gpt"])
 def test_greedy_generation_is_the_same_with_and_without_the_screen(index, monkeypatch):
     import minipeft.generate as generate_module
@@ -312,9 +323,9 @@ def test_small_heads_are_not_screened(monkeypatch):
     assert not screening.can_screen(torch.zeros(1024, 128))            # the tiny bases' head
 
 
-@needs_bf16
+@needs_int8
 def test_the_screen_is_made_again_when_the_head_changes():
-    weight = torch.randn(40, 8)
+    weight = torch.randn(100, 8)                                                       # more rows than K
     first = screening.screen_for(weight, rows=2)
     assert screening.screen_for(weight, rows=2) is first
     with torch.no_grad():
@@ -323,3 +334,48 @@ def test_the_screen_is_made_again_when_the_head_changes():
     again = screening.screen_for(weight, rows=2)
     assert again is not first
     assert torch.equal(screening.greedy_tokens(hidden, weight, screen=again), (hidden @ weight.T).argmax(-1))
+
+
+@needs_int8
+def test_an_int8_matmul_that_is_not_exact_is_not_used(monkeypatch):
+    """The screen's bound assumes the kernel computes ĥ · Ŵ_v exactly up to float32 rounding;
+    the probe of ``int8_matmul_available`` refuses a kernel that rounds its input on another grid."""
+    assert screening.int8_matmul_available.__wrapped__()
+    kernel = torch.ops.quantized.linear_dynamic
+
+    class Coarser:                     # the kernel on a grid half as fine: not the ĥ the bound measured
+        linear_prepack = torch.ops.quantized.linear_prepack
+
+        def linear_dynamic(self, x, packed, reduce_range):
+            return kernel(torch.cat([x, 2 * x[-2:]]), packed, reduce_range)[:-2]
+
+    monkeypatch.setattr(screening.torch.ops, "quantized", Coarser())
+    assert not screening.int8_matmul_available.__wrapped__()
+
+
+@needs_int8
+@pytest.mark.parametrize("name", ["tiny-t5-lm", "tiny-gpt"])
+def test_the_screen_decides_nearly_every_step_of_a_pretrained_base(name, monkeypatch):
+    """On a trained model's own generations the bound is tight enough to be worth it: the screen
+    decides (without the float32 head) at least 90 % of the steps, and the tokens are unchanged."""
+    import json
+
+    import minipeft.generate as generate_module
+    from minipeft import bases
+    model, tokenizer = bases.load_base(name)
+    lines = (bases.DATA_DIR / "tasks" / "nli" / "test.jsonl").read_text().splitlines()[:16]
+    batch = tokenizer([json.loads(line)["input"] for line in lines])
+    fallback, steps = CountingLinear(), []
+    monkeypatch.setattr(screening, "linear", fallback)
+    counted = screening.greedy_tokens
+
+    def counting(*args, **kwargs):
+        steps.append(1)
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "greedy_tokens", counting)
+    screened = model.generate(batch["input_ids"], max_new_tokens=16, attention_mask=batch["attention_mask"])
+    assert len(steps) >= 8 and fallback.calls <= 0.1 * len(steps)
+    monkeypatch.setattr(generate_module, "screen_for", lambda weight, rows: None)
+    assert torch.equal(model.generate(batch["input_ids"], max_new_tokens=16,
+                                      attention_mask=batch["attention_mask"]), screened)

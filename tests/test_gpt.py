@@ -95,9 +95,9 @@ def test_logits_match_transformers_with_padding(gpt2_pair):
     assert delta[mask.bool()].max() <= 1e-4
 
 
-@pytest.mark.parametrize("screened", [False, True], ids=["float32-head", "bf16-screened-head"])
+@pytest.mark.parametrize("screened", [False, True], ids=["float32-head", "int8-screened-head"])
 def test_greedy_generation_matches_transformers_with_left_padding(gpt2_pair, screened, monkeypatch):
-    """This GPT's head is small, so the bfloat16 screen (screening.py) is switched on by hand."""
+    """This GPT's head is small, so the int8 screen (screening.py) is switched on by hand."""
     if screened:
         monkeypatch.setattr(screening, "MIN_HEAD_SIZE", 0)
     hf, ours = gpt2_pair

@@ -179,9 +179,9 @@ def test_logits_match_transformers(t5_pair, batch, padded):
     assert (logits - expected).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("screened", [True, False], ids=["bf16-screened-head", "float32-head"])
+@pytest.mark.parametrize("screened", [True, False], ids=["int8-screened-head", "float32-head"])
 def test_greedy_generation_matches_transformers(t5_pair, batch, screened, monkeypatch):
-    """t5-small's head (16 M numbers) is screened in bfloat16 where the CPU can (screening.py)."""
+    """t5-small's head (16 M numbers) is screened in int8 where the CPU can (screening.py)."""
     if not screened:
         monkeypatch.setattr(screening, "MIN_HEAD_SIZE", float("inf"))
     hf, ours = t5_pair
