@@ -119,6 +119,11 @@ BASE_LR = {("tiny-gpt", "prefix"): 1e-3}
 #   1e-2 (test 84.0 against 76.8 %); on seeds 5-9, run after 3e-3 led on seeds 0-4, by 9.2 points
 #   on dev. At 1e-2 the words' start drifts: dev 92.3 % at step 100 of seed 0, 76.7 % at 300.
 #   (5e-3: dev 77.3 %, test 79.3; 1e-2 in 150 steps: 72.5 and 72.0 %, seeds 0-4.)
+# * LoRA runs at rank 16 on every linear layer at 1e-3 (since 2026-12-06): mean dev over seeds 0-9
+#   83.2 % against 81.8 % for q, v at rank 8 and 3e-3 (2026-12-05), and again 83.2 against 80.8 %
+#   on 2026-12-06's CPU (test 81.5 against 78.3 %, standard deviation over the seeds 2.2 against
+#   4.5). Both leads are inside the seeds' noise; as for nli's tie (above), the higher on dev is
+#   taken. Rank 16 on every layer at 3e-3: dev 81.1 %, q, v at 1e-3: 79.7 % (test 79.7, 79.0 %).
 # Used for a task of data/tasks only (not --data); --lr, --dropout, --steps and --option win.
 SENTIMENT_PREFIX_WORDS = "review positive negative good bad great terrible food service place loved hated the staff was"
 TASK_DEFAULTS = {("tiny-t5", "nli", "prefix"): {"lr": 2e-3, "options": {"num_virtual_tokens": 10}},
@@ -126,6 +131,8 @@ TASK_DEFAULTS = {("tiny-t5", "nli", "prefix"): {"lr": 2e-3, "options": {"num_vir
                  ("tiny-t5", "nli", "lora"): {"options": {"target_modules": ("q", "k", "v", "o", "wi", "wo"),
                                                          "r": 16}},
                  ("tiny-t5", "nli", "adapter"): {"lr": 3e-3, "options": {"cross_adapter": True}},
+                 ("tiny-t5", "sentiment", "lora"): {"lr": 1e-3, "options": {"target_modules": ("q", "k", "v", "o",
+                                                                                    "wi", "wo"), "r": 16}},
                  ("tiny-t5", "sentiment", "prefix"): {"lr": 3e-3,
                                                       "options": {"prefix_init_text": SENTIMENT_PREFIX_WORDS}}}
 

@@ -426,7 +426,7 @@ def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_
     assert TrainConfig(method="lora", task="nli", lr=0.5, options={"r": 4}).learning_rate == 0.5
     assert TrainConfig(method="lora", task="nli", options={"r": 4}).options == {"r": 4}
     assert TrainConfig(method="lora", task="nli", options={"lora_alpha": 4}).options == {"r": 2, "lora_alpha": 4}
-    for other in (dict(task="sentiment"), dict(model="tiny-gpt", task="nli"), dict(task="nli", data="my.jsonl")):
+    for other in (dict(task="e2e"), dict(model="tiny-gpt", task="nli"), dict(task="nli", data="my.jsonl")):
         assert TrainConfig(method="lora", **other).options == {}
         assert TrainConfig(method="lora", **other).learning_rate == training.DEFAULT_LR["lora"]
     assert TrainConfig(method="prefix", task="nli").options == {"num_virtual_tokens": 10}   # the shipped entries
@@ -438,6 +438,10 @@ def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_
 def test_the_shipped_nli_settings_of_lora_and_adapters():
     assert TrainConfig(method="lora", task="nli").options == {"target_modules": ("q", "k", "v", "o", "wi", "wo"),
                                                               "r": 16}
+    assert TrainConfig(method="lora", task="nli").learning_rate == training.DEFAULT_LR["lora"]
+    assert TrainConfig(method="lora", task="sentiment").options == TrainConfig(method="lora", task="nli").options
+    assert TrainConfig(method="lora", task="sentiment").learning_rate == 1e-3
+    assert TrainConfig(method="lora", model="tiny-gpt", task="sentiment").options == {}
     assert TrainConfig(method="lora", task="nli", options={"target_modules": "q,v"}).options["r"] == 16
     assert TrainConfig(method="adapter", task="nli").learning_rate == 3e-3
     assert TrainConfig(method="adapter", task="nli").options == {"cross_adapter": True}
