@@ -207,12 +207,16 @@ shared = fuse(("copy", "reverse"), stage_steps, share_fusion=True)
 # loading it after an adapter was retrained is refused (the fusion would be choosing among adapters
 # it never saw). On the command line the two stages are
 #
-#     python train.py --method adapter --task sentiment --option train_layer_norms=false --out runs/a_sentiment
-#     python train.py --method adapter --task e2e --option train_layer_norms=false --out runs/a_e2e
+#     python train.py --method adapter --task sentiment --option train_layer_norms=false \
+#         --option cross_adapter=true --option adapter_stacks=encoder,decoder --out runs/a_sentiment
+#     python train.py --method adapter --task e2e --option train_layer_norms=false \
+#         --option cross_adapter=true --out runs/a_e2e
+#     python train.py --method adapter --task nli --option train_layer_norms=false --out runs/a_nli
 #     python train.py --method adapter_fusion --task nli \
 #         --option adapters=runs/a_sentiment/peft.safetensors,runs/a_e2e/peft.safetensors,runs/a_nli/peft.safetensors
 #
-# (README, "Combining adapters", has what that gives on the embedded tasks.)
+# (the fused adapters must sit in the same places, so the options spell out nli's own placement;
+# README, "Combining adapters", has what that gives on the embedded tasks.)
 
 # %%
 save_trained(shared, work / "fusion.safetensors")

@@ -124,6 +124,10 @@ BASE_LR = {("tiny-gpt", "prefix"): 1e-3}
 #   on 2026-12-06's CPU (test 81.5 against 78.3 %, standard deviation over the seeds 2.2 against
 #   4.5). Both leads are inside the seeds' noise; as for nli's tie (above), the higher on dev is
 #   taken. Rank 16 on every layer at 3e-3: dev 81.1 %, q, v at 1e-3: 79.7 % (test 79.7, 79.0 %).
+# * adapters sit in the decoder only, with one after cross-attention too (since 2026-12-06): mean
+#   dev over seeds 0-9 82.1 % against 78.0 % for Houlsby's in both stacks, ahead on every seed
+#   (+0.3 to +10.3 points); decoder only without the cross-attention adapter 80.4 %. Test 81.3
+#   against 76.7 % (full fine-tuning 83.8 %), with 201,728 trained numbers instead of 268,032.
 # Used for a task of data/tasks only (not --data); --lr, --dropout, --steps and --option win.
 SENTIMENT_PREFIX_WORDS = "review positive negative good bad great terrible food service place loved hated the staff was"
 TASK_DEFAULTS = {("tiny-t5", "nli", "prefix"): {"lr": 2e-3, "options": {"num_virtual_tokens": 10}},
@@ -133,6 +137,8 @@ TASK_DEFAULTS = {("tiny-t5", "nli", "prefix"): {"lr": 2e-3, "options": {"num_vir
                  ("tiny-t5", "nli", "adapter"): {"lr": 3e-3, "options": {"cross_adapter": True}},
                  ("tiny-t5", "sentiment", "lora"): {"lr": 1e-3, "options": {"target_modules": ("q", "k", "v", "o",
                                                                                     "wi", "wo"), "r": 16}},
+                 ("tiny-t5", "sentiment", "adapter"): {"options": {"adapter_stacks": ("decoder",),
+                                                                   "cross_adapter": True}},
                  ("tiny-t5", "sentiment", "prefix"): {"lr": 3e-3,
                                                       "options": {"prefix_init_text": SENTIMENT_PREFIX_WORDS}}}
 

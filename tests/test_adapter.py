@@ -88,6 +88,20 @@ def test_placements_on_t5():
     assert sorted(set(with_cross) - set(names["houlsby"])) == [f"decoder.blocks.{i}.cross_attn" for i in range(3)]
 
 
+def test_adapter_stacks_choose_the_encoder_or_the_decoder_of_t5():
+    both = wrapped_sublayers(get_peft(tiny("t5"), "adapter", adapter_size=4, cross_adapter=True))
+    decoder = wrapped_sublayers(get_peft(tiny("t5"), "adapter", adapter_size=4, cross_adapter=True,
+                                         adapter_stacks="decoder"))                  # a string, as --option gives it
+    encoder = wrapped_sublayers(get_peft(tiny("t5"), "adapter", adapter_size=4, adapter_stacks=("encoder",)))
+    assert decoder == [f"decoder.blocks.{i}.{s}" for i in range(3) for s in ("cross_attn", "ffn", "self_attn")]
+    assert encoder == [f"encoder.blocks.{i}.{s}" for i in range(2) for s in ("ffn", "self_attn")]
+    assert sorted(decoder + encoder) == both
+    peft = get_peft(tiny("t5"), "adapter", adapter_stacks=["decoder", "encoder"])
+    assert peft.options.adapter_stacks == ("encoder", "decoder")                     # one order, as saved
+    model = get_peft(tiny("t5"), "adapter", adapter_size=4, adapter_stacks="decoder").model
+    assert all(param.requires_grad for name, param in model.named_parameters() if "norm" in name)   # all norms
+
+
 def test_placements_on_gpt():
     names = {placement: wrapped_sublayers(get_peft(tiny("gpt"), "adapter", adapter_placement=placement,
                                                    adapter_size=4))
@@ -241,6 +255,9 @@ def test_adapters_cannot_be_merged():
     (dict(adapter_size=0), "adapter_size must be a positive integer"),
     (dict(reduction_factor=32), "larger than the model width 16"),
     (dict(cross_adapter=True), "GPT has no cross-attention"),
+    (dict(adapter_stacks="middle"), "adapter_stacks must name some of"),
+    (dict(adapter_stacks=()), "adapter_stacks must name some of"),
+    (dict(adapter_stacks="encoder"), "leaves GPT no block to adapt"),
 ])
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):

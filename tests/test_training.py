@@ -448,6 +448,8 @@ def test_the_shipped_nli_settings_of_lora_and_adapters():
     assert TrainConfig(method="adapter", task="nli", options={"cross_adapter": False}).options == {"cross_adapter": False}
     assert TrainConfig(method="adapter", task="nli").steps == 3000 == training.TASK_STEPS["nli"]
     assert TrainConfig(method="adapter", task="sentiment").learning_rate == training.DEFAULT_LR["adapter"]
+    assert TrainConfig(method="adapter", task="sentiment").options == {"adapter_stacks": ("decoder",),
+                                                                       "cross_adapter": True}
 
 
 def test_an_init_text_option_gets_the_base_s_own_tokenizer():

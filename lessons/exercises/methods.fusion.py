@@ -169,17 +169,17 @@ class AdapterFusion(PeftModel):
             raise ValueError(f"adapter checkpoint(s) {', '.join(changed)} changed since this fusion was trained: "
                              f"a fusion is only meaningful on the adapters it was trained with")
         self.options = dataclasses.replace(self.options, adapter_digests=digests)
-        placements = {(opts.adapter_placement, opts.cross_adapter) for opts, _, _ in sources}
+        placements = {(opts.adapter_placement, opts.cross_adapter, opts.adapter_stacks) for opts, _, _ in sources}
         if len(placements) > 1:
             raise ValueError(f"the adapters to fuse sit in different places ({sorted(placements)} as "
-                             f"(adapter_placement, cross_adapter)): train them with the same placement")
-        (placement, cross_adapter), = placements
+                             f"(adapter_placement, cross_adapter, adapter_stacks)): train them with the same placement")
+        placement = sources[0][0]                                   # the options that say where each adapter sits
 
         width = self.config.d_model if self.is_encoder_decoder else self.config.n_embd
         shared = FusionAttention(width, self.options.value) if self.options.share_fusion else None
         blocks = [module for module in self.model.modules() if isinstance(module, (T5Block, GPTBlock))]
         for block in blocks:
-            for sublayer in adapted_sublayers(block, placement, cross_adapter):
+            for sublayer in adapted_sublayers(block, placement):
                 adapters = [BottleneckAdapter(width, bottleneck_size(opts, width), opts.non_linearity, opts.adapter_bias)
                             for opts, _, _ in sources]
                 fusion = shared or FusionAttention(width, self.options.value)

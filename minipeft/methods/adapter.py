@@ -13,6 +13,9 @@ Papers: Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP"; Pf
             "houlsby"   after the attention and after the FFN of every block (003 §3.2.1, 004 fig. 4.5)
             "pfeiffer"  after the FFN only (Pfeiffer et al.: as good, half the adapters)
             "self_attn" after self-attention only, before the FFN (seed 000 fig. 2, the T5 document)
+          and which stacks (option ``adapter_stacks``, T5: ("encoder", "decoder") by default; GPT's
+          one stack is a decoder): T5's decoder alone, with ``cross_adapter``, is what tiny-t5's
+          sentiment task prefers on dev (README, Results);
           trainable beside them: the layer norms (F1.5, 004; ``train_layer_norms``, on by default:
           on tiny-t5 sentiment, seeds 0/1/2, test accuracy 81.3/74.7/78.0 % with them, 75.7/67.8/79.7 %
           without; ``False`` trains the adapters alone, the count of F1.2/F1.3)
@@ -57,6 +60,8 @@ from .registry import register
 
 NON_LINEARITIES = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "swish": F.silu}
 
+# Which stacks of blocks get adapters: a T5 block with cross-attention, and every GPT block, is a decoder block.
+ADAPTER_STACKS = ("encoder", "decoder")
 # Which sublayers each placement adapts, per block type (the names of the block's attributes).
 PLACEMENTS = {
     "houlsby": {T5Block: ("self_attn", "ffn"), GPTBlock: ("attn", "mlp")},
@@ -128,9 +133,18 @@ def bottleneck_size(options, width: int) -> int:
     return options.adapter_size or DEFAULT_ADAPTER_SIZE
 
 
-def adapted_sublayers(block: nn.Module, placement: str, cross_adapter: bool) -> tuple[str, ...]:
-    names = PLACEMENTS[placement][type(block)]
-    if cross_adapter and hasattr(block, "cross_attn"):
+def stack_of(block: nn.Module) -> str:
+    """"decoder" for T5's decoder blocks (they have cross-attention) and GPT's blocks, else "encoder"."""
+    return "decoder" if isinstance(block, GPTBlock) or hasattr(block, "cross_attn") else "encoder"
+
+
+def adapted_sublayers(block: nn.Module, options) -> tuple[str, ...]:
+    """The names of the sublayers of ``block`` that get an adapter under ``options`` (its
+    ``adapter_placement``, ``cross_adapter`` and ``adapter_stacks``)."""
+    if stack_of(block) not in options.adapter_stacks:
+        return ()
+    names = PLACEMENTS[options.adapter_placement][type(block)]
+    if options.cross_adapter and hasattr(block, "cross_attn"):
         names = names + ("cross_attn",)
     return names
 
@@ -147,6 +161,7 @@ class Adapter(PeftModel):
         non_linearity: str = "relu"                   # σ
         adapter_bias: bool = True                     # biases in W_down, W_up (F1.2 counts them, F1.3 not)
         cross_adapter: bool = False                   # also after T5's decoder cross-attention
+        adapter_stacks: tuple[str, ...] = ADAPTER_STACKS   # T5: the encoder's blocks, the decoder's, or both
         train_layer_norms: bool = True                # also train every layer norm (F1.5, 004)
 
         def __post_init__(self):
@@ -156,6 +171,11 @@ class Adapter(PeftModel):
             if self.non_linearity not in NON_LINEARITIES:
                 raise ValueError(f"non_linearity must be one of {', '.join(NON_LINEARITIES)}, "
                                  f"got {self.non_linearity!r}")
+            stacks = (self.adapter_stacks,) if isinstance(self.adapter_stacks, str) else tuple(self.adapter_stacks)
+            if not stacks or any(stack not in ADAPTER_STACKS for stack in stacks) or len(set(stacks)) != len(stacks):
+                raise ValueError(f"adapter_stacks must name some of {ADAPTER_STACKS} once each, "
+                                 f"got {self.adapter_stacks!r}")
+            object.__setattr__(self, "adapter_stacks", tuple(stack for stack in ADAPTER_STACKS if stack in stacks))
             if self.adapter_size is not None and self.reduction_factor is not None:
                 raise ValueError("give the bottleneck either as adapter_size (r) or as reduction_factor "
                                  "(r = width // reduction_factor), not both")
@@ -175,10 +195,13 @@ class Adapter(PeftModel):
         if options.cross_adapter and not any(hasattr(block, "cross_attn") for block in blocks):
             raise ValueError(f"cross_adapter=True, but {type(self.model).__name__} has no cross-attention "
                              f"(only an encoder-decoder such as T5 has)")
+        if not any(stack_of(block) in options.adapter_stacks for block in blocks):
+            raise ValueError(f"adapter_stacks={options.adapter_stacks} leaves {type(self.model).__name__} no block "
+                             f"to adapt (a decoder-only model has only decoder blocks: adapter_stacks=('decoder',))")
         width = self.config.d_model if self.is_encoder_decoder else self.config.n_embd
         size = self.bottleneck(width)
         for block in blocks:
-            for sublayer in adapted_sublayers(block, options.adapter_placement, options.cross_adapter):
+            for sublayer in adapted_sublayers(block, options):
                 adapter = BottleneckAdapter(width, size, options.non_linearity, options.adapter_bias)
                 setattr(block, sublayer, AdapterAfter(getattr(block, sublayer), adapter))
         if options.train_layer_norms:
