@@ -435,7 +435,7 @@ def test_a_task_s_own_defaults_apply_to_its_base_and_method_and_give_way_to_the_
     assert TrainConfig(method="full", task="e2e").dropout_rate is None                     # the base's own
 
 
-def test_the_shipped_nli_settings_of_lora_and_adapters():
+def test_the_shipped_nli_and_sentiment_settings_of_lora_and_adapters():
     assert TrainConfig(method="lora", task="nli").options == {"target_modules": ("q", "k", "v", "o", "wi", "wo"),
                                                               "r": 16}
     assert TrainConfig(method="lora", task="nli").learning_rate == training.DEFAULT_LR["lora"]
