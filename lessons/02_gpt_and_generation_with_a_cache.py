@@ -198,7 +198,7 @@ from minipeft import screening  # noqa: E402
 
 head = torch.randn(32128, 512) * 0.05                              # (V, C), a t5-small-sized head
 hidden = head[torch.arange(8) * 1000] * 20 + torch.randn(8, 512) * 0.5   # (B, C), one step's features
-screen = screening.screen_for(head, rows=8)
+screen = screening.screen_for(head)
 if screen is None:
     print("this CPU has no int8 matmul (fbgemm) for torch: generate uses the float32 head")
 else:

@@ -70,7 +70,7 @@ class GenerationMixin:
             state, tokens = self.start_decoding(input_ids, attention_mask, inputs_embeds, prefix_kv)
             if num_beams > 1:
                 return beam_search(self, state, tokens, max_new_tokens, num_beams, length_penalty)
-            screen = None if do_sample else screen_for(self.head_weight(), rows=batch)
+            screen = None if do_sample else screen_for(self.head_weight())
             return sample_loop(self, state, tokens, max_new_tokens, do_sample, temperature, top_k, generator, screen)
 
     def decode_step(self, state, tokens):

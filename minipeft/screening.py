@@ -70,7 +70,7 @@ LEVELS = 127                   # steps of the activations' grid (7 bits)
 CANDIDATES = 64                # K: how many screened logits are recomputed in float32
 MIN_HEAD_SIZE = 2 ** 22        # V·C below which the float32 head is cheap enough (the tiny bases' is 2¹⁷)
 
-# weight → (rows, weight's version when made, Screen); an entry dies with its weight.
+# weight → (0, weight's version when made, Screen); an entry dies with its weight.
 _screens = WeakIdKeyDictionary()
 
 
@@ -109,11 +109,11 @@ def can_screen(weight: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def screen_for(weight: torch.Tensor, rows: int) -> Screen | None:
-    """The :class:`Screen` of ``weight``, reused while the weight is unchanged (for any ``rows``)."""
+def screen_for(weight: torch.Tensor) -> Screen | None:
+    """The :class:`Screen` of ``weight``, reused while the weight is unchanged (for any batch size)."""
     if not can_screen(weight):
         return None
-    return kept_copy(_screens, weight, 0, lambda: make_screen(weight))
+    return kept_copy(_screens, weight, 0, lambda: make_screen(weight))           # rows 0: any batch size
 
 
 def quantized_rows(weight: torch.Tensor):

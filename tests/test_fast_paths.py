@@ -275,7 +275,7 @@ def test_screened_greedy_tokens_are_the_float32_argmax(scale, monkeypatch):
     monkeypatch.setattr(screening, "linear", fallback)
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(500, 64, generator=generator)                              # (V, C)
-    screen = screening.screen_for(weight, rows=8)
+    screen = screening.screen_for(weight)
     for _ in range(20):
         hidden = scale * torch.randn(8, 64, generator=generator)                    # (B, C)
         assert torch.equal(screening.greedy_tokens(hidden, weight, screen=screen), (hidden @ weight.T).argmax(-1))
@@ -289,7 +289,7 @@ def test_a_near_tie_among_the_candidates_is_decided_in_float32(monkeypatch):
     weight = torch.randn(100, 32, generator=torch.Generator().manual_seed(1))
     hidden = 10 * weight[7:8] / weight[7].norm()                                      # (1, C): token 7 wins …
     weight[3] = weight[7] * (1 - 1e-6)                                                # … by 1e-6 over token 3,
-    screen = screening.screen_for(weight, rows=1)                                     # the same row in int8
+    screen = screening.screen_for(weight)                                     # the same row in int8
     assert screening.greedy_tokens(hidden, weight, screen=screen).item() == (hidden @ weight.T).argmax().item() == 7
     assert fallback.calls == 0
 
@@ -302,7 +302,7 @@ def test_more_near_ties_than_candidates_fall_back_to_float32(monkeypatch):
     hidden = 10 * weight[7:8] / weight[7].norm()                                      # (1, C)
     for i, token in enumerate(range(40, 40 + screening.CANDIDATES + 4)):              # K + 4 rows all but equal
         weight[token] = weight[7] * (1 - (i + 1) * 1e-7)                              # to the winner's
-    screen = screening.screen_for(weight, rows=1)
+    screen = screening.screen_for(weight)
     assert screening.greedy_tokens(hidden, weight, screen=screen).item() == (hidden @ weight.T).argmax().item() == 7
     assert fallback.calls == 1
 
@@ -314,7 +314,7 @@ def test_greedy_generation_is_the_same_with_and_without_the_screen(index, monkey
     model = tiny_models()[index]
     ids = torch.randint(2, 50, (2, 7), generator=torch.Generator().manual_seed(0))
     screened = model.generate(ids, max_new_tokens=8)
-    monkeypatch.setattr(generate_module, "screen_for", lambda weight, rows: None)
+    monkeypatch.setattr(generate_module, "screen_for", lambda weight: None)
     assert torch.equal(model.generate(ids, max_new_tokens=8), screened)
 
 
@@ -326,12 +326,12 @@ def test_small_heads_are_not_screened(monkeypatch):
 @needs_int8
 def test_the_screen_is_made_again_when_the_head_changes():
     weight = torch.randn(100, 8)                                                       # more rows than K
-    first = screening.screen_for(weight, rows=2)
-    assert screening.screen_for(weight, rows=2) is first
+    first = screening.screen_for(weight)
+    assert screening.screen_for(weight) is first
     with torch.no_grad():
         weight.mul_(-1)                                                                # as an optimiser step would
     hidden = torch.randn(2, 8)
-    again = screening.screen_for(weight, rows=2)
+    again = screening.screen_for(weight)
     assert again is not first
     assert torch.equal(screening.greedy_tokens(hidden, weight, screen=again), (hidden @ weight.T).argmax(-1))
 
@@ -376,6 +376,6 @@ def test_the_screen_decides_nearly_every_step_of_a_pretrained_base(name, monkeyp
     monkeypatch.setattr(generate_module, "greedy_tokens", counting)
     screened = model.generate(batch["input_ids"], max_new_tokens=16, attention_mask=batch["attention_mask"])
     assert len(steps) >= 8 and fallback.calls <= 0.1 * len(steps)
-    monkeypatch.setattr(generate_module, "screen_for", lambda weight, rows: None)
+    monkeypatch.setattr(generate_module, "screen_for", lambda weight: None)
     assert torch.equal(model.generate(batch["input_ids"], max_new_tokens=16,
                                       attention_mask=batch["attention_mask"]), screened)
