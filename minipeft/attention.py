@@ -21,7 +21,8 @@ Two seams make every prefix-style PEFT method a few lines (../shared/ARCHITECTUR
 
 * ``prefix_kv = (P_key, P_value)``, each (B, H, m, D), is prepended to the keys and values
   (F5.3 ``K_prefix = [P_key; K]``, ``V_prefix = [P_value; V]``): prefix tuning, P-tuning v2.
-  The caller gives the mask m extra columns (zeros: every query may see the prefix).
+  The caller gives the mask m extra columns (zeros: every query may see the prefix; GPT's
+  ``prefix_visible`` hides them from some queries, for the infix ``[x; INFIX; y]`` of F5.7).
 * ``cache``, a :class:`KVCache`, keeps the keys and values of earlier tokens during generation,
   so each new token costs one row of attention instead of a whole new forward pass.
 
@@ -235,8 +236,18 @@ def causal_mask(query_length, key_length, dtype, device):
     # end exercise
 
 
-def with_prefix_columns(mask, prefix_length):
-    """Give an additive mask (…, T, S) ``prefix_length`` leading zero columns: the prefix is visible."""
+def with_prefix_columns(mask, prefix_length, visible=None):
+    """Give an additive mask (…, T, S) ``prefix_length`` leading columns for the prefix keys.
+
+    Zeros (every query sees the prefix), or, with ``visible`` (B, T) bool, zeros for the queries
+    it marks and the dtype's minimum for the rest: the infix of F5.7, which the queries of x may
+    not see. Returns (B|1, 1, T, m + S), or the same shape as ``mask`` without ``visible``."""
     if mask is None or prefix_length == 0:
         return mask
-    return F.pad(mask, (prefix_length, 0), value=0.0)
+    if visible is None:
+        return F.pad(mask, (prefix_length, 0), value=0.0)
+    batch, length = Dims("F5.7 infix", T=mask.shape[-2]).check("prefix_visible", visible, "B T").shape
+    hidden = ~visible[:, None, :, None].expand(batch, 1, length, prefix_length)           # (B, 1, T, m)
+    columns = torch.zeros(hidden.shape, dtype=mask.dtype, device=mask.device).masked_fill(
+        hidden, torch.finfo(mask.dtype).min)
+    return torch.cat([columns, mask.expand(batch, 1, *mask.shape[-2:])], dim=-1)          # (B, 1, T, m + S)

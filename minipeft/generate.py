@@ -35,7 +35,8 @@ from .screening import greedy_tokens, screen_for
 class GenerationMixin:
     def generate(self, input_ids=None, max_new_tokens: int = 20, attention_mask=None, *, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, num_beams: int = 1, length_penalty: float = 1.0,
-                 inputs_embeds=None, prefix_kv=None, generator: torch.Generator | None = None):
+                 inputs_embeds=None, prefix_kv=None, generator: torch.Generator | None = None,
+                 prefix_visible=None):
         """New token ids (B, ≤ max_new_tokens): greedy by default, sampled with ``do_sample``,
         beam search with ``num_beams > 1``.
 
@@ -46,11 +47,12 @@ class GenerationMixin:
         in training later."""
         with torch.inference_mode():
             new_tokens = self._generate(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k,
-                                        num_beams, length_penalty, inputs_embeds, prefix_kv, generator)
+                                        num_beams, length_penalty, inputs_embeds, prefix_kv, generator,
+                                        prefix_visible)
         return new_tokens.clone()
 
     def _generate(self, input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, num_beams,
-                  length_penalty, inputs_embeds, prefix_kv, generator):
+                  length_penalty, inputs_embeds, prefix_kv, generator, prefix_visible=None):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if input_ids is None and inputs_embeds is None:
@@ -67,7 +69,7 @@ class GenerationMixin:
         batch, prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         self.check_generation_length(prompt_length, max_new_tokens)
         with packed_for_decoding(self, rows=batch * num_beams):
-            state, tokens = self.start_decoding(input_ids, attention_mask, inputs_embeds, prefix_kv)
+            state, tokens = self.start_decoding(input_ids, attention_mask, inputs_embeds, prefix_kv, prefix_visible)
             if num_beams > 1:
                 return beam_search(self, state, tokens, max_new_tokens, num_beams, length_penalty)
             screen = None if do_sample else screen_for(self.head_weight())

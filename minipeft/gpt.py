@@ -112,18 +112,21 @@ class GPT(GenerationMixin, nn.Module):
         return embedding(input_ids, self.wte.weight, tied_to_head=self.lm_head is None)
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, prefix_kv=None, cache=None,
-                position_ids=None):
+                position_ids=None, prefix_visible=None):
         """Logits (B, T, V): the head (tied to ``wte``) applied to :meth:`features`."""
         head = gradient_last(self.head_weight())  # before the lookup: see functional.gradient_last
-        hidden = self.features(input_ids, attention_mask, inputs_embeds, prefix_kv, cache, position_ids)
+        hidden = self.features(input_ids, attention_mask, inputs_embeds, prefix_kv, cache, position_ids,
+                               prefix_visible)
         return lm_head(hidden, head, packed=self.packed_head)                      # (B, T, V)
 
     def features(self, input_ids=None, attention_mask=None, inputs_embeds=None, prefix_kv=None, cache=None,
-                 position_ids=None):
+                 position_ids=None, prefix_visible=None):
         """The last hidden states (B, T, C), after ``ln_f``.
 
         ``attention_mask`` (B, S_past + T): 1 for tokens, 0 for padding (also of cached tokens).
         ``prefix_kv``: one ``(P_key, P_value)`` per block, each (B, H, m, D) (prefix tuning, F5.3).
+        ``prefix_visible``: (B, T) bool, which new positions may attend to the prefix (default all;
+        the infix ``[x; INFIX; y]`` of F5.7 hides it from the positions of x).
         ``cache``: one :class:`KVCache` per block (generation).
         """
         embeds = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
@@ -144,7 +147,7 @@ class GPT(GenerationMixin, nn.Module):
         for i, block in enumerate(self.blocks):
             layer_prefix = prefix_kv[i] if prefix_kv is not None else None
             prefix_length = 0 if layer_prefix is None else layer_prefix[0].shape[2]
-            x = block(x, with_prefix_columns(mask, prefix_length), layer_prefix,
+            x = block(x, with_prefix_columns(mask, prefix_length, prefix_visible), layer_prefix,
                       cache[i] if cache is not None else None)
         return self.ln_f(x)                                                        # (B, T, C)
 
@@ -172,10 +175,12 @@ class GPT(GenerationMixin, nn.Module):
                              f"{prompt_length + max_new_tokens - 1} positions, more than this model's "
                              f"n_positions={self.config.n_positions}: truncate the input or generate fewer tokens")
 
-    def start_decoding(self, input_ids, attention_mask=None, inputs_embeds=None, prefix_kv=None):
-        """The prompt is the first step: the state starts empty and the prompt is fed as tokens."""
+    def start_decoding(self, input_ids, attention_mask=None, inputs_embeds=None, prefix_kv=None,
+                       prefix_visible=None):
+        """The prompt is the first step: the state starts empty and the prompt is fed as tokens.
+        ``prefix_visible`` (B, prompt length) applies to the prompt; every new token sees the prefix."""
         state = {"cache": self.new_cache(), "attention_mask": attention_mask, "prefix_kv": prefix_kv,
-                 "inputs_embeds": inputs_embeds}
+                 "inputs_embeds": inputs_embeds, "prefix_visible": prefix_visible}
         if input_ids is None:  # prompt given as embeddings: no prompt tokens, (B, 0)
             input_ids = torch.zeros(inputs_embeds.shape[0], 0, dtype=torch.long, device=inputs_embeds.device)
         return state, input_ids
@@ -191,14 +196,17 @@ class GPT(GenerationMixin, nn.Module):
             mask = torch.cat([mask, mask.new_ones(tokens.shape)], dim=1)       # the new tokens are real
             state["attention_mask"] = mask
         embeds, state["inputs_embeds"] = state["inputs_embeds"], None           # prompt embeddings, first step only
+        visible, state["prefix_visible"] = state["prefix_visible"], None        # the prompt's, first step only
         hidden = self.features(input_ids=tokens if embeds is None else None, inputs_embeds=embeds,
-                               attention_mask=mask, prefix_kv=state["prefix_kv"], cache=state["cache"])
+                               attention_mask=mask, prefix_kv=state["prefix_kv"], cache=state["cache"],
+                               prefix_visible=visible)
         # Only the last position chooses the next token: the head never reads the rest of the prompt.
         return hidden[:, -1]                                                       # (B, C)
 
     def reorder_state(self, state, batch_index):
-        if state["inputs_embeds"] is not None:
-            state["inputs_embeds"] = state["inputs_embeds"].index_select(0, batch_index)
+        for first_step_only in ("inputs_embeds", "prefix_visible"):
+            if state[first_step_only] is not None:
+                state[first_step_only] = state[first_step_only].index_select(0, batch_index)
         for cache in state["cache"]:
             cache.reorder(batch_index)
         if state["attention_mask"] is not None:

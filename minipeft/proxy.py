@@ -113,7 +113,8 @@ def start_decoding(model: nn.Module, input_ids, attention_mask, max_new_tokens: 
     given = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs.get("inputs_embeds")
     network.check_generation_length(given.shape[1], max_new_tokens)
     state, tokens = network.start_decoding(inputs.get("input_ids"), inputs.get("attention_mask"),
-                                           inputs.get("inputs_embeds"), inputs.get("prefix_kv"))
+                                           inputs.get("inputs_embeds"), inputs.get("prefix_kv"),
+                                           inputs.get("prefix_visible"))
     return network, state, tokens
 
 

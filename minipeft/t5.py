@@ -328,8 +328,12 @@ class T5Model(GenerationMixin, nn.Module):
         """One (self-attention, cross-attention) cache pair per decoder block."""
         return [(KVCache(), KVCache()) for _ in self.decoder.blocks]
 
-    def start_decoding(self, input_ids, attention_mask=None, inputs_embeds=None, prefix_kv=None):
+    def start_decoding(self, input_ids, attention_mask=None, inputs_embeds=None, prefix_kv=None,
+                       prefix_visible=None):
         """Run the encoder once; return the decoding state and the first decoder tokens."""
+        if prefix_visible is not None:
+            raise ValueError("prefix_visible (the infix of F5.7) is a decoder-only seam: on an encoder-decoder "
+                             "the decoder's prefix (prefix_on=('decoder', 'cross')) already sits between x and y")
         encoder_out = self.encode(input_ids, attention_mask, inputs_embeds, (prefix_kv or {}).get("encoder"))
         state = {"encoder_out": encoder_out, "attention_mask": attention_mask, "cache": self.new_cache(),
                  "prefix_kv": (prefix_kv or {}).get("decoder")}

@@ -198,6 +198,13 @@ def test_refuses_tables_of_different_shapes():
         MixedBatch(model, {"a": trained(model, "prefix", 1), "b": decoder_only})
 
 
+def test_refuses_an_infix():
+    model = tiny("gpt")
+    infix = get_peft(model, "prefix", num_virtual_tokens=3, infix=True)
+    with pytest.raises(ValueError, match="b: an infix"):
+        MixedBatch(model, {"a": trained(model, "prefix", 1), "b": infix})
+
+
 def test_refuses_a_method_trained_on_another_base():
     model, other = tiny("t5"), tiny_models.tiny("t5", seed=5, decoder_layers=2)
     with pytest.raises(ValueError, match="b trained on a different base model"):

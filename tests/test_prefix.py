@@ -229,6 +229,80 @@ def test_embedding_only_ablation_is_a_prompt_on_the_input(kind):
         get_peft(tiny("t5"), "prefix", embedding_only=True)
 
 
+# ---- F5.7: prefix [PREFIX; x; y] against infix [x; INFIX; y] (decoder-only) ----------------------------------
+
+def literal_infix_logits(model, peft, x, y):
+    """The infix written out as a sequence: the frozen model reads x, the infix's keys and values go
+    into every layer's cache after x's, and then y is read at the positions that follow x."""
+    cache = model.new_cache()
+    x_logits = model(input_ids=x[None], cache=cache)
+    for layer_cache, (keys, values) in zip(cache, peft.prefix_kv(batch=1)):
+        layer_cache.append(keys, values)
+    y_logits = model(input_ids=y[None], cache=cache, position_ids=torch.arange(len(x), len(x) + len(y))[None])
+    return torch.cat([x_logits, y_logits], dim=1)[0]                                   # (n, V)
+
+
+def test_infix_is_the_frozen_model_reading_x_then_the_infix_then_y():
+    """Rows ``x </s> y </s>``, right-padded: x is read as without any method, and from x's end token on
+    every position attends to the infix as to m keys placed between x and y."""
+    model = tiny("gpt")
+    peft = get_peft(model, "prefix", num_virtual_tokens=3, infix=True)
+    rows = [torch.tensor([7, 8, 9, 10, 1, 20, 21, 1]), torch.tensor([7, 8, 1, 30, 31, 32, 1])]
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    mask = torch.zeros(2, 8, dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        ids[row, :len(tokens)], mask[row, :len(tokens)] = tokens, 1
+    with torch.no_grad():
+        logits = peft(input_ids=ids, attention_mask=mask)                              # (2, 8, V)
+        base = model(input_ids=ids, attention_mask=mask)
+        for row, (tokens, end) in enumerate(zip(rows, (4, 2))):
+            expected = literal_infix_logits(model, peft, tokens[:end], tokens[end:])
+            torch.testing.assert_close(logits[row, :len(tokens)], expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logits[row, :end], base[row, :end], atol=0, rtol=0)
+            assert (logits[row, end:len(tokens)] - base[row, end:len(tokens)]).abs().amax() > 1e-2
+
+
+def test_infix_seen_from_everywhere_is_the_prefix_and_from_nowhere_the_base():
+    model = tiny("gpt")
+    infix = get_peft(copy.deepcopy(model), "prefix", num_virtual_tokens=3, infix=True)
+    prefix = get_peft(copy.deepcopy(model), "prefix", num_virtual_tokens=3)
+    prefix.load_state_dict(infix.state_dict())
+    assert count_parameters(infix) == count_parameters(prefix)
+    ids = batch("gpt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(infix(input_ids=ids, infix_from=torch.tensor([0, 0])), prefix(input_ids=ids))
+        torch.testing.assert_close(infix(input_ids=ids, infix_from=torch.tensor([6, 6])), model(input_ids=ids))
+
+
+def test_infix_generation_equals_a_full_recomputation():
+    """A prompt ``x </s>`` (left-padded): its end token and every generated token see the infix."""
+    model = tiny_models.tiny("gpt", seed=1, wide=True)    # one whose greedy tokens do not end at once
+    peft = get_peft(model, "prefix", num_virtual_tokens=3, infix=True)
+    prompt = torch.tensor([[0, 7, 8, 9, 1], [5, 6, 7, 8, 1]])
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    out = peft.generate(prompt, max_new_tokens=6, attention_mask=mask)
+    assert len(set(out.flatten().tolist())) > 2
+    full = torch.cat([prompt, out[:, :-1]], dim=1)
+    logits = peft(input_ids=full, attention_mask=torch.cat([mask, torch.ones_like(out[:, :-1])], dim=1))
+    assert_same_until_eos(logits[:, prompt.shape[1] - 1:].argmax(-1), out, eos=1)
+    as_prefix = get_peft(copy.deepcopy(model), "prefix", num_virtual_tokens=3)
+    as_prefix.load_state_dict(peft.state_dict())
+    assert not torch.equal(out, as_prefix.generate(prompt, max_new_tokens=6, attention_mask=mask))
+    beams = peft.generate(prompt, max_new_tokens=4, attention_mask=mask, num_beams=3)
+    assert beams.shape[0] == 2
+
+
+def test_infix_is_refused_where_it_has_no_meaning():
+    with pytest.raises(ValueError, match="prefix_on=\\('decoder', 'cross'\\)"):
+        get_peft(tiny("t5"), "prefix", infix=True)
+    with pytest.raises(ValueError, match="choose one"):
+        get_peft(tiny("gpt"), "prefix", infix=True, embedding_only=True)
+    with pytest.raises(ValueError, match="infix=False"):
+        get_peft(tiny("gpt"), "prefix")(input_ids=batch("gpt")["input_ids"], infix_from=torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="infix_from"):
+        get_peft(tiny("gpt"), "prefix", infix=True)(input_ids=batch("gpt")["input_ids"], infix_from=torch.tensor([1]))
+
+
 # ---- parity with peft ------------------------------------------------------------------------------------------------
 
 def test_gpt2_small_prefix_count_is_368640_as_in_peft():

@@ -156,6 +156,10 @@ def check_mixable(model: nn.Module, methods: Mapping[str, PeftModel]) -> None:
                          + " (LoRA, adapters and BitFit change layers every example goes through)")
     if len(set(names.values())) > 1:
         raise ValueError(f"the methods of a mixed batch must be one method, got {names}")
+    infixes = [task for task, method in methods.items() if getattr(method.options, "infix", False)]
+    if infixes:
+        raise ValueError(f"{', '.join(infixes)}: an infix (infix=True, F5.7) is not mixed per example; mix "
+                         f"prefixes, which every position of an example sees")
     layouts = {task: table_layout(method) for task, method in methods.items()}
     if len(set(layouts.values())) > 1:
         raise ValueError("the tables of a mixed batch must have one shape (stacked into one tensor); got "

@@ -9,7 +9,8 @@ every query can attend to, at every layer, while the model stays frozen. Formula
     F5.3  K_prefix = [P_key; K],  V_prefix = [P_value; V],  head = Attn-op(Q, K_prefix, V_prefix)
     F5.5  P_θ[i, :] = MLP_θ(P'_θ[i, :]); after training the MLP is dropped, only P_θ is kept
     F5.6  parameters |P_idx| × dim(h) per layer, for the keys and for the values
-    F5.7  ablations: embedding-only vs every layer; init from the activations of real words
+    F5.7  ablations: embedding-only vs every layer; prefix [PREFIX; x; y] vs infix [x; INFIX; y];
+          init from the activations of real words
 
     symbol      variable                                   shape
     P_θ         prefix_matrix() / self.prefix_table        (m, S·2·H·D): S prefixed attention layers
@@ -60,6 +61,15 @@ it computes for them at every prefixed layer. With the MLP, P'_θ and the first 
 and the output layer is solved by least squares so that MLP(P'_θ) equals those activations
 (exactly when m ≤ h).
 
+Infix ablation (``infix=True``, F5.7, decoder-only models): z = [x; INFIX; y]. The same trained
+keys and values, but only the positions that predict y attend to them, so x is read by the frozen
+model alone and the infix can steer only y (the document's reason why prefix tuning does slightly
+better). Those positions run from the end of x on: the row's first real end token in train.py's
+layout ``x </s> y </s>`` (the last token of a generation prompt ``x </s>``), else the row's last
+real token, or ``infix_from`` (B,) passed with the inputs. Every generated token sees the infix.
+On an encoder-decoder there is nothing to add: F5.2's PREFIX' before y, ``prefix_on=("decoder",
+"cross")``, is already an infix (x is encoded without it), so ``infix=True`` is refused there.
+
 Embedding-only ablation (``embedding_only=True``, F5.7): P_θ (m, C) sits at the embedding layer
 only and the frozen model computes every higher activation of the prefix: the input seam of
 prompt tuning (``prompt.prepend_prompt``), with this module's reparametrisation and
@@ -96,6 +106,7 @@ class PrefixTuning(PeftModel):
         prefix_projection: bool = True
         encoder_hidden_size: int | None = None
         embedding_only: bool = False
+        infix: bool = False
         prefix_init_text: str | None = None
         prefix_init_token_ids: tuple[int, ...] | None = None
         tokenizer_name_or_path: str | None = None
@@ -107,6 +118,9 @@ class PrefixTuning(PeftModel):
             if not places or unknown or len(set(places)) != len(places):
                 raise ValueError(f"prefix_on must name some of {PREFIX_PLACES} once each, got {self.prefix_on!r}")
             object.__setattr__(self, "prefix_on", tuple(place for place in PREFIX_PLACES if place in places))
+            if self.infix and self.embedding_only:
+                raise ValueError("infix=True puts the infix at every attention layer; the embedding-only ablation "
+                                 "puts the prefix in the input: choose one")
             if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
                 raise ValueError(f"encoder_hidden_size must be positive, got {self.encoder_hidden_size}")
 
@@ -114,6 +128,9 @@ class PrefixTuning(PeftModel):
     def attach(self):
         options, model = self.options, self.model
         m = options.num_virtual_tokens
+        if options.infix and model.is_encoder_decoder:
+            raise ValueError("infix=True is for decoder-only models: on an encoder-decoder the decoder's prefix "
+                             "already sits between x and y (F5.2's PREFIX'); pass prefix_on=('decoder', 'cross')")
         self.slots = prefixed_attention_layers(model, options)                     # S × (stack, layer, kind)
         if model.is_encoder_decoder:
             self.heads, self.head_dim = model.config.num_heads, model.config.d_kv
@@ -154,13 +171,20 @@ class PrefixTuning(PeftModel):
         return arrange_prefix_kv(self.model, self.slots, pairs)                        # S × 2 × (B, H, m, D)
 
     def model_inputs(self, **inputs) -> dict:
+        infix_from = inputs.pop("infix_from", None)
+        if infix_from is not None and not self.options.infix:
+            raise ValueError("infix_from says where the infix of infix=True becomes visible; this prefix has infix=False")
         if self.options.embedding_only:
             return prepend_prompt(self.model, self.prefix_matrix(), inputs)
         reference = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs.get("inputs_embeds")
         if reference is None:
             raise ValueError("prefix tuning needs input_ids (B, n) or inputs_embeds (B, n, C) to know the batch size")
         dtype = inputs["inputs_embeds"].dtype if inputs.get("inputs_embeds") is not None else self.model_dtype()
-        return {**inputs, "prefix_kv": self.prefix_kv(reference.shape[0], dtype)}
+        inputs = {**inputs, "prefix_kv": self.prefix_kv(reference.shape[0], dtype)}
+        if self.options.infix:
+            inputs["prefix_visible"] = infix_visibility(reference, inputs.get("attention_mask"),
+                                                        self.model.config.eos_token_id, infix_from)   # (B, n)
+        return inputs
 
     def forward(self, **inputs):
         logits = super().forward(**inputs)
@@ -262,6 +286,27 @@ class PrefixTuning(PeftModel):
         output = self.prefix_mlp[2]
         solution = torch.linalg.pinv(hidden) @ (target - output.bias)                   # (h, width)
         output.weight.copy_(solution.T)
+
+
+def infix_visibility(reference, attention_mask, eos_token_id: int, infix_from=None):
+    """F5.7's [x; INFIX; y]: which positions (B, n) attend to the infix, from ``infix_from`` (B,) on.
+
+    ``reference`` is the input_ids (B, n) or, without them, the inputs_embeds (B, n, C). Without
+    ``infix_from``: from each row's first real end token (the end of x in ``x </s> y </s>``), or, in
+    a row without one (or given embeddings), from its last real token, the one that predicts y's
+    first token."""
+    batch, length = reference.shape[:2]
+    positions = torch.arange(length, device=reference.device)                           # (n,)
+    if infix_from is None:
+        real = (torch.ones(batch, length, dtype=torch.bool, device=reference.device) if attention_mask is None
+                else attention_mask.bool())                                             # (B, n)
+        ends = real & (reference == eos_token_id) if reference.dim() == 2 else torch.zeros_like(real)
+        first_end = torch.where(ends, positions, length).amin(dim=1)                    # (B,), n where none
+        last_real = torch.where(real, positions, -1).amax(dim=1)                        # (B,)
+        infix_from = torch.where(first_end < length, first_end, last_real)
+    infix_from = torch.as_tensor(infix_from, device=reference.device)
+    Dims("F5.7 infix", B=batch).check("infix_from", infix_from, "B")
+    return positions[None, :] >= infix_from[:, None]                                     # (B, n)
 
 
 def split_prefix_tables(tables, slots, heads: int, head_dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
