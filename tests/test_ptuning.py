@@ -133,6 +133,8 @@ def test_v2_is_deep_prompts_without_reparametrisation_by_default():
     assert set(peft.prefix_kv(batch=1)) == {"encoder", "decoder"}
     with pytest.raises(ValueError, match="P-tuning v2 puts prompts at every layer"):
         get_peft(tiny("t5"), "ptuning_v2", embedding_only=True)
+    with pytest.raises(ValueError, match="use method 'prefix' with infix=True"):
+        get_peft(tiny("gpt"), "ptuning_v2", infix=True)
 
 
 @pytest.mark.parametrize("kind", ["t5", "gpt"])

@@ -46,3 +46,6 @@ class PTuningV2(PrefixTuning):
             if self.embedding_only:
                 raise ValueError("P-tuning v2 puts prompts at every layer (F4.1): embedding_only=True is "
                                  "P-tuning v1 / prompt tuning; use method 'ptuning' or 'prompt'")
+            if self.infix:
+                raise ValueError("P-tuning v2's prompts come before the input (F4.1); the infix [x; INFIX; y] is "
+                                 "prefix tuning's ablation (F5.7): use method 'prefix' with infix=True")
