@@ -292,6 +292,23 @@ def test_infix_generation_equals_a_full_recomputation():
     assert beams.shape[0] == 2
 
 
+def test_on_train_pys_gpt_batches_the_infix_starts_where_the_first_target_token_is_predicted():
+    """train.py lays a decoder-only example out as ``x </s> y </s>`` with the loss on y: the infix
+    must be visible exactly from the position whose output predicts y's first token."""
+    from minipeft import bases
+    from minipeft.methods.prefix import infix_visibility
+    from minipeft.taskdata import Batcher, Example
+    model, tokenizer = bases.load_base("tiny-gpt")
+    batcher = Batcher(tokenizer, is_encoder_decoder=False, max_length=64,
+                      pad_token_id=model.config.pad_token_id, eos_token_id=model.config.eos_token_id)
+    batch = batcher.training_batch([Example("The soup was cold and bland.", "negative"),
+                                    Example("Lovely staff.", "positive")])
+    visible = infix_visibility(batch["input_ids"], batch["attention_mask"], model.config.eos_token_id)
+    first_target = (batch["labels"] != -100).int().argmax(dim=1)                      # (B,)
+    assert torch.equal(visible.int().argmax(dim=1), first_target - 1)
+    assert visible[:, -1].all()
+
+
 def test_infix_is_refused_where_it_has_no_meaning():
     with pytest.raises(ValueError, match="prefix_on=\\('decoder', 'cross'\\)"):
         get_peft(tiny("t5"), "prefix", infix=True)
