@@ -219,7 +219,8 @@ for title, options in (("prefix [PREFIX; x; y]", {}), ("infix  [x; INFIX; y]", {
     print(f"{title}: test accuracy {record['score']:.1%} after {gpt_steps} steps")
 
 # %% [markdown]
-# One seed is one draw (README: over three seeds the infix trails the prefix there too). The
+# One seed is one draw (README: over ten seeds the infix trails the prefix on every one, 90.5
+# against 97.1 % on average). The
 # infix reaches the label only through the positions after x: every layer's reading of the review
 # is the frozen model's, which is what the document's explanation says.
 
