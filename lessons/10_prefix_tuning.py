@@ -37,10 +37,11 @@ HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd(
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import copy_or_reverse as task  # noqa: E402
-from minipeft import GPT, GPTConfig, T5Config, T5Model, get_peft  # noqa: E402
+from minipeft import GPT, GPTConfig, T5Config, T5Model, bases, get_peft  # noqa: E402
 from minipeft.attention import attend, prepend_prefix  # noqa: E402
 from minipeft.methods import count_parameters  # noqa: E402
-from minipeft.methods.prefix import PrefixTuning, split_prefix_tables  # noqa: E402
+from minipeft.methods.prefix import PrefixTuning, infix_visibility, split_prefix_tables  # noqa: E402
+from minipeft.training import TrainConfig, run  # noqa: E402
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"
 torch.manual_seed(0)
@@ -190,10 +191,6 @@ print("greedy:", peft.generate(x, max_new_tokens=6).tolist(), " beams:", peft.ge
 # The positions of x then read exactly what the frozen model computes. On the embedded tiny GPT:
 
 # %%
-from minipeft import bases  # noqa: E402
-from minipeft.methods.prefix import infix_visibility  # noqa: E402
-from minipeft.training import TrainConfig, run  # noqa: E402
-
 gpt, gpt_tokenizer = bases.load_base("tiny-gpt")
 x_ids = gpt_tokenizer.encode("the soup was cold", add_eos=True)                    # x </s>
 y_ids = gpt_tokenizer.encode("negative", add_eos=True)                              # y </s>

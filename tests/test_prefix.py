@@ -11,7 +11,7 @@ import torch
 
 import minipeft
 from minipeft.methods import count_parameters, get_peft, load_trained, save_trained
-from minipeft.methods.prefix import PrefixTuning
+from minipeft.methods.prefix import PrefixTuning, infix_visibility
 
 from conftest import reference
 from reference_models import hf_gpt2, hf_t5
@@ -288,15 +288,21 @@ def test_infix_generation_equals_a_full_recomputation():
     as_prefix = get_peft(copy.deepcopy(model), "prefix", num_virtual_tokens=3)
     as_prefix.load_state_dict(peft.state_dict())
     assert not torch.equal(out, as_prefix.generate(prompt, max_new_tokens=6, attention_mask=mask))
+    # beam search carries the prompt's visibility like a materialised one, and it matters there too
     beams = peft.generate(prompt, max_new_tokens=4, attention_mask=mask, num_beams=3)
-    assert beams.shape[0] == 2
+    with torch.no_grad():
+        copied = [tuple(t.clone() for t in kv) for kv in peft.prefix_kv(batch=2)]
+    visible = infix_visibility(prompt, mask, eos_token_id=1)
+    assert torch.equal(beams, model.generate(prompt, max_new_tokens=4, attention_mask=mask, num_beams=3,
+                                             prefix_kv=copied, prefix_visible=visible))
+    assert not torch.equal(beams, model.generate(prompt, max_new_tokens=4, attention_mask=mask, num_beams=3,
+                                                 prefix_kv=copied))
 
 
 def test_on_train_pys_gpt_batches_the_infix_starts_where_the_first_target_token_is_predicted():
     """train.py lays a decoder-only example out as ``x </s> y </s>`` with the loss on y: the infix
     must be visible exactly from the position whose output predicts y's first token."""
     from minipeft import bases
-    from minipeft.methods.prefix import infix_visibility
     from minipeft.taskdata import Batcher, Example
     model, tokenizer = bases.load_base("tiny-gpt")
     batcher = Batcher(tokenizer, is_encoder_decoder=False, max_length=64,
